@@ -1,0 +1,46 @@
+# c0 — every target sets itself up from the project's own files on a fresh clone.
+PY      := .venv/bin/python
+VENV_OK := .venv/.installed
+ANVIL   := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: all demo test test-fast bench lint venv tools clean
+
+all: test
+
+$(VENV_OK): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	.venv/bin/uv pip install --python $(PY) --quiet -r requirements.lock
+	.venv/bin/uv pip install --python $(PY) --quiet --no-deps -e .
+	touch $(VENV_OK)
+
+venv: $(VENV_OK)
+
+$(ANVIL): tools/package.json tools/package-lock.json
+	mkdir -p .tools
+	cp tools/package.json tools/package-lock.json .tools/
+	cd .tools && npm ci --no-audit --no-fund --loglevel=error
+	test -x $(ANVIL) && touch $(ANVIL)
+
+tools: $(ANVIL)
+
+lint: $(VENV_OK)
+	.venv/bin/ruff check protocol node testnet tests bench
+	.venv/bin/ruff format --check protocol node testnet tests bench
+	.venv/bin/mypy --strict protocol
+
+test: $(VENV_OK) $(ANVIL) lint
+	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m pytest -q
+
+test-fast: $(VENV_OK)
+	$(PY) -m pytest -q -m "not slow"
+
+demo: $(VENV_OK) $(ANVIL)
+	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m testnet.demo
+
+bench: $(VENV_OK) $(ANVIL)
+	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m bench
+
+clean:
+	rm -rf .venv .tools build *.egg-info .pytest_cache .mypy_cache .ruff_cache

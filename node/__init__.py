@@ -1,0 +1,1 @@
+"""The c0 node: the I/O shell around `protocol/`."""
