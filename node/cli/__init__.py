@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("c0: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"c0: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(
+            f"c0: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr
+        )
         return 1
 
 

@@ -1,0 +1,524 @@
+"""Message types of the c0 protocol: frozen dataclasses that validate on construction.
+
+Every message travels as the body of a signed envelope (see `protocol.envelope`). Field
+types are enforced from the annotations; per-type rules live in `_check`. The CDDL of
+each type is in spec/messages.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, Union
+
+from protocol.errors import InvalidJobSpec, InvalidMessage
+from protocol.jobs import JOB_CLASSES, JobSpec
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "Accept",
+    "Assignment",
+    "Bid",
+    "CapabilityAd",
+    "Decline",
+    "DisputeOpen",
+    "Heartbeat",
+    "JobEvent",
+    "JobSpecMessage",
+    "Message",
+    "Offer",
+    "Receipt",
+    "ResultCommit",
+    "ResultReveal",
+    "Verdict",
+    "message_from_body",
+]
+
+PROTOCOL_VERSION = 1
+
+# Job states a JobEvent may carry (the state machine's states plus per-worker phases).
+_EVENT_STATES = frozenset(
+    {
+        "requested",
+        "funded",
+        "assigned",
+        "running",
+        "submitted",
+        "verified",
+        "settled",
+        "disputed",
+        "failed",
+        "expired",
+        "refunded",
+        "cancelled",
+        "offered",
+        "bid",
+        "declined",
+        "accepted",
+        "committed",
+        "revealed",
+        "verdict",
+        "released",
+        "claimed",
+        "slashed",
+    }
+)
+
+M = TypeVar("M", bound="Message")
+
+
+def _fail(path: str, why: str) -> typing.NoReturn:
+    raise InvalidMessage(f"{path}: {why}")
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Check `value` against annotation `tp`; lists become tuples for tuple fields."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            return _coerce(option, value, path)
+        _fail(path, "unexpected null")  # pragma: no cover
+    if tp is Any:
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            _fail(path, "expected an array")
+        return tuple(_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            _fail(path, "expected a map")
+        args = typing.get_args(tp)
+        if not args:
+            return dict(value)
+        key_tp, val_tp = args
+        return {
+            _coerce(key_tp, k, f"{path}.key"): _coerce(val_tp, v, f"{path}[{k!r}]")
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(path, "expected a boolean")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(path, "expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(path, "expected a number")
+        return float(value)
+    if tp in (str, bytes):
+        if not isinstance(value, tp):
+            _fail(path, f"expected {'text' if tp is str else 'bytes'}")
+        return value
+    if tp is JobSpec:
+        if isinstance(value, JobSpec):
+            return value
+        try:
+            return JobSpec.from_cbor(value)
+        except InvalidJobSpec as exc:
+            _fail(path, exc.message)
+    raise TypeError(f"unsupported field type {tp!r} at {path}")  # a bug in this module
+
+
+def _require(cond: bool, path: str, why: str) -> None:
+    if not cond:
+        _fail(path, why)
+
+
+def _is_did(value: str) -> bool:
+    return value.startswith("did:key:z") and len(value) <= 64
+
+
+def _is_eth(value: str) -> bool:
+    if len(value) != 42 or not value.startswith("0x"):
+        return False
+    try:
+        bytes.fromhex(value[2:])
+    except ValueError:
+        return False
+    return True
+
+
+def _is_job_id(value: bytes) -> bool:
+    return len(value) == 34 and value.startswith(b"\x12\x20")
+
+
+class Message:
+    """Base of all message bodies. Subclasses are frozen dataclasses with a TYPE."""
+
+    TYPE: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            coerced = _coerce(hints[f.name], value, f"{self.TYPE}.{f.name}")
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+        self._check()
+
+    def _check(self) -> None:
+        """Per-type rules beyond field types; raise InvalidMessage."""
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            body[f.name] = _to_wire(value)
+        return body
+
+    @classmethod
+    def from_body(cls: type[M], body: Any) -> M:
+        if not isinstance(body, Mapping):
+            _fail(cls.TYPE, "body must be a map")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(body) - names
+        if unknown:
+            _fail(cls.TYPE, f"unknown field(s) {sorted(map(str, unknown))}")
+        missing = names - set(body)
+        if missing:
+            _fail(cls.TYPE, f"missing field(s) {sorted(missing)}")
+        return cls(**body)
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, JobSpec):
+        return value.to_cbor()
+    if isinstance(value, tuple):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+_HINT_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINT_CACHE.get(cls)
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        _HINT_CACHE[cls] = hints
+    return hints
+
+
+# ---------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class CapabilityAd(Message):
+    """What a full node offers; gossiped on /c0/caps/1, replaced by a higher `seq`."""
+
+    TYPE: ClassVar[str] = "cap_ad"
+    peer_id: str
+    listen_addrs: tuple[str, ...]
+    eth_address: str
+    eth_binding_ed25519_sig: bytes
+    eth_binding_eth_sig: bytes
+    seq: int
+    ttl_s: int
+    hardware: dict[str, Any]  # cpu_cores, memory_mb, gpu, hw_class
+    runtimes: dict[str, dict[str, Any]]  # job class -> exact runtime fingerprint
+    prices: dict[str, int]  # job class -> price per job in wei
+    models: tuple[bytes, ...]  # SHA-256 of models held locally
+    content: tuple[bytes, ...]  # SHA-256 of other blobs held locally
+    load: float  # 0.0 idle .. 1.0 every slot busy
+    max_concurrent: int
+    stake: int  # wei staked in the escrow contract
+
+    def _check(self) -> None:
+        _require(self.peer_id.startswith("12D3KooW"), "cap_ad.peer_id", "not an Ed25519 PeerID")
+        _require(_is_eth(self.eth_address), "cap_ad.eth_address", "not an address")
+        _require(len(self.listen_addrs) <= 16, "cap_ad.listen_addrs", "too many")
+        _require(self.seq >= 0, "cap_ad.seq", "negative")
+        _require(1 <= self.ttl_s <= 3600, "cap_ad.ttl_s", "must be 1..3600")
+        for name in list(self.runtimes) + list(self.prices):
+            _require(name in JOB_CLASSES, "cap_ad", f"unknown job class {name!r}")
+        _require(set(self.prices) <= set(self.runtimes), "cap_ad.prices", "class not offered")
+        _require(all(p >= 0 for p in self.prices.values()), "cap_ad.prices", "negative price")
+        _require(len(self.models) + len(self.content) <= 1024, "cap_ad", "too many hashes")
+        _require(all(len(h) == 32 for h in self.models + self.content), "cap_ad", "bad hash")
+        _require(0.0 <= self.load <= 1.0, "cap_ad.load", "must be 0..1")
+        _require(1 <= self.max_concurrent <= 1024, "cap_ad.max_concurrent", "must be 1..1024")
+        _require(self.stake >= 0, "cap_ad.stake", "negative")
+
+
+@dataclass(frozen=True)
+class JobSpecMessage(Message):
+    """A client's signed job spec (the evidence of what was asked)."""
+
+    TYPE: ClassVar[str] = "job_spec"
+    spec: JobSpec
+
+    def to_body(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_cbor()}
+
+
+# ---------------------------------------------------------------- negotiation
+
+
+@dataclass(frozen=True)
+class Offer(Message):
+    """Client -> worker: would you run this job, and at what price?"""
+
+    TYPE: ClassVar[str] = "offer"
+    job_id: bytes
+    spec: JobSpec
+    attempt: int
+    redundancy: int
+    max_price: int
+    deadline: int  # ms since the Unix epoch: settle or refund after this
+    commit_deadline: int  # ms: result commits must be on chain (or sent) before this
+    chain_id: int
+    escrow: str  # contract address
+    arbiter: str  # Ethereum address named in the terms
+    input_providers: tuple[str, ...]  # PeerIDs that hold the inputs
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "offer.job_id", "not a SHA-256 multihash")
+        _require(self.job_id == self.spec.job_id, "offer.job_id", "does not hash the spec")
+        _require(1 <= self.attempt <= 16, "offer.attempt", "must be 1..16")
+        _require(1 <= self.redundancy <= 16, "offer.redundancy", "must be 1..16")
+        _require(self.max_price >= 0, "offer.max_price", "negative")
+        _require(self.commit_deadline <= self.deadline, "offer", "commit after deadline")
+        _require(_is_eth(self.escrow) and _is_eth(self.arbiter), "offer", "bad address")
+        _require(len(self.input_providers) <= 16, "offer.input_providers", "too many")
+
+
+@dataclass(frozen=True)
+class Bid(Message):
+    """Worker -> client: a signed price for one attempt of one job."""
+
+    TYPE: ClassVar[str] = "bid"
+    job_id: bytes
+    attempt: int
+    price: int
+    eta_ms: int
+    eth_address: str
+    runtime: dict[str, Any]  # the runtime fingerprint the worker will use
+    has_inputs: tuple[str, ...]  # input names already held
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "bid.job_id", "not a SHA-256 multihash")
+        _require(self.price >= 0 and self.eta_ms >= 0, "bid", "negative price or eta")
+        _require(_is_eth(self.eth_address), "bid.eth_address", "not an address")
+
+
+@dataclass(frozen=True)
+class Decline(Message):
+    """Worker -> client: will not run this attempt, and why (a code from spec)."""
+
+    TYPE: ClassVar[str] = "decline"
+    job_id: bytes
+    attempt: int
+    reason: str
+    detail: str
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "decline.job_id", "not a SHA-256 multihash")
+        _require(0 < len(self.reason) <= 64, "decline.reason", "must be 1..64 chars")
+        _require(len(self.detail) <= 512, "decline.detail", "longer than 512")
+
+
+@dataclass(frozen=True)
+class Assignment(Message):
+    """Client -> worker: the job is yours (with K-1 others), funded under `terms_hash`."""
+
+    TYPE: ClassVar[str] = "assignment"
+    job_id: bytes
+    attempt: int
+    worker: str  # DID of the worker assigned
+    workers: tuple[str, ...]  # DIDs of all K workers of this attempt, in slot order
+    payouts: tuple[int, ...]  # wei per worker, in slot order
+    terms_hash: bytes  # keccak of the escrow terms (spec/settlement.md)
+    escrow_tx: bytes  # transaction that opened the escrow (empty if not on chain yet)
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "assignment.job_id", "not a SHA-256 multihash")
+        _require(self.worker in self.workers, "assignment.worker", "not among workers")
+        _require(len(self.workers) == len(self.payouts), "assignment", "workers != payouts")
+        _require(len(set(self.workers)) == len(self.workers), "assignment", "duplicate worker")
+        _require(all(p >= 0 for p in self.payouts), "assignment.payouts", "negative")
+        _require(len(self.terms_hash) == 32, "assignment.terms_hash", "not 32 bytes")
+
+
+@dataclass(frozen=True)
+class Accept(Message):
+    """Worker -> client: I checked the escrow and start now."""
+
+    TYPE: ClassVar[str] = "accept"
+    job_id: bytes
+    attempt: int
+    terms_hash: bytes
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "accept.job_id", "not a SHA-256 multihash")
+        _require(len(self.terms_hash) == 32, "accept.terms_hash", "not 32 bytes")
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Worker -> client while running: alive, and how far along."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    job_id: bytes
+    attempt: int
+    phase: str
+    progress: float
+
+    def _check(self) -> None:
+        _require(0.0 <= self.progress <= 1.0, "heartbeat.progress", "must be 0..1")
+        _require(len(self.phase) <= 32, "heartbeat.phase", "longer than 32")
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ResultCommit(Message):
+    """Worker: commitment = keccak(result_hash, worker address, salt); no result yet."""
+
+    TYPE: ClassVar[str] = "result_commit"
+    job_id: bytes
+    attempt: int
+    commitment: bytes
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "result_commit.job_id", "not a SHA-256 multihash")
+        _require(len(self.commitment) == 32, "result_commit.commitment", "not 32 bytes")
+
+
+@dataclass(frozen=True)
+class ResultReveal(Message):
+    """Worker: the result manifest (result.json), its hash and the commit salt."""
+
+    TYPE: ClassVar[str] = "result_reveal"
+    job_id: bytes
+    attempt: int
+    manifest: dict[str, Any]
+    result_hash: bytes  # SHA-256 of the canonical CBOR of `manifest`
+    salt: bytes
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "result_reveal.job_id", "not a SHA-256 multihash")
+        _require(len(self.result_hash) == 32, "result_reveal.result_hash", "not 32 bytes")
+        _require(len(self.salt) == 32, "result_reveal.salt", "not 32 bytes")
+
+
+@dataclass(frozen=True)
+class Verdict(Message):
+    """Verifier (the client or a peer): did a worker's result pass, and which checks."""
+
+    TYPE: ClassVar[str] = "verdict"
+    job_id: bytes
+    attempt: int
+    worker: str
+    result_hash: bytes
+    passed: bool
+    checks: dict[str, bool]
+    reason: str
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "verdict.job_id", "not a SHA-256 multihash")
+        _require(_is_did(self.worker), "verdict.worker", "not a did:key")
+        _require(self.passed == all(self.checks.values()), "verdict", "passed != all checks")
+
+
+@dataclass(frozen=True)
+class Receipt(Message):
+    """Client: pays these workers for this result; `eip712_sig` is what the chain checks."""
+
+    TYPE: ClassVar[str] = "receipt"
+    job_id: bytes
+    result_hash: bytes
+    workers: tuple[str, ...]  # Ethereum addresses paid
+    payouts: tuple[int, ...]
+    eip712_sig: bytes
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "receipt.job_id", "not a SHA-256 multihash")
+        _require(len(self.workers) == len(self.payouts), "receipt", "workers != payouts")
+        _require(all(_is_eth(w) for w in self.workers), "receipt.workers", "bad address")
+        _require(all(p >= 0 for p in self.payouts), "receipt.payouts", "negative")
+        _require(len(self.eip712_sig) == 65, "receipt.eip712_sig", "not 65 bytes")
+
+
+@dataclass(frozen=True)
+class DisputeOpen(Message):
+    """Client or worker: freeze this job for the arbiter; evidence = envelope hashes."""
+
+    TYPE: ClassVar[str] = "dispute_open"
+    job_id: bytes
+    reason: str
+    evidence: tuple[bytes, ...]
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "dispute_open.job_id", "not a SHA-256 multihash")
+        _require(0 < len(self.reason) <= 1024, "dispute_open.reason", "must be 1..1024 chars")
+        _require(len(self.evidence) <= 64, "dispute_open.evidence", "more than 64 items")
+
+
+@dataclass(frozen=True)
+class JobEvent(Message):
+    """One transition in a node's append-only, hash-chained job log."""
+
+    TYPE: ClassVar[str] = "job_event"
+    job_id: bytes
+    attempt: int
+    state: str
+    worker_did: str | None
+    artifact_hash: bytes | None
+    duration_ms: int | None
+    exit_code: int | None
+    timestamp: int  # ms since the Unix epoch
+    prompt_hash: bytes | None  # inference events carry this, never the prompt
+    prev: bytes  # SHA-256 of the previous event envelope in this log (32 zero bytes first)
+    detail: dict[str, Any]
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "job_event.job_id", "not a SHA-256 multihash")
+        _require(self.state in _EVENT_STATES, "job_event.state", f"unknown {self.state!r}")
+        _require(len(self.prev) == 32, "job_event.prev", "not 32 bytes")
+        _require("prompt" not in self.detail, "job_event.detail", "never carries a prompt")
+
+
+MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
+    {
+        cls.TYPE: cls
+        for cls in (
+            CapabilityAd,
+            JobSpecMessage,
+            Offer,
+            Bid,
+            Decline,
+            Assignment,
+            Accept,
+            Heartbeat,
+            ResultCommit,
+            ResultReveal,
+            Verdict,
+            Receipt,
+            DisputeOpen,
+            JobEvent,
+        )
+    }
+)
+
+
+def message_from_body(type_name: str, body: Any) -> Message:
+    """Build the message of `type_name` from a decoded body, or raise InvalidMessage."""
+    cls = MESSAGE_TYPES.get(type_name)
+    if cls is None:
+        raise InvalidMessage(f"unknown message type {type_name!r}")
+    return cls.from_body(body)
