@@ -1,0 +1,84 @@
+"""The job child process: `python -m node.executors.child`, request on stdin, report on stdout.
+
+Protocol: the parent writes one JSON request and closes stdin. The child applies its
+limits, writes `{"ready": ...}` as the first report line, runs the job class's task in its
+working directory (the output folder), then writes `{"done": ...}` or `{"failed": ...}`.
+Libraries that print to stdout are redirected to stderr first, so the report stays clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+
+def _send(channel: IO[str], item: dict[str, Any]) -> None:
+    channel.write(json.dumps(item, allow_nan=False) + "\n")
+    channel.flush()
+
+
+def _usage(started_cpu: float) -> dict[str, Any]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "cpu_s": round(usage.ru_utime + usage.ru_stime - started_cpu, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> int:
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    request = json.loads(sys.stdin.buffer.read())
+
+    from node.executors.errors import ExecutorError
+    from node.executors.sandbox import OutputFolder, apply_limits
+
+    limits = request["limits"]
+    apply_limits(memory_mb=limits["memory_mb"], cpu_s=limits["cpu_s"], cpus=limits["cpus"])
+    _send(channel, {"ready": {"pid": os.getpid()}})
+    cpu0 = time.process_time()
+
+    runtime: dict[str, Any] = {}
+    try:
+        from node.executors.tasks import TaskContext, load_task
+
+        task = load_task(request["job_class"])
+        ctx = TaskContext(
+            job_id=request["job_id"],
+            params=request["params"],
+            inputs={name: Path(item["path"]) for name, item in request["inputs"].items()},
+            folder=OutputFolder(Path.cwd()),
+            threads=int(request["threads"]),
+        )
+        runtime = task.runtime(ctx)
+        result = task.run(ctx)
+        done = {"artifacts": result.artifacts, "metrics": result.metrics, "output": result.output}
+        _send(channel, {"runtime": runtime, "usage": _usage(cpu0), "done": done})
+        return 0
+    except MemoryError as exc:
+        failed = {"code": "out_of_memory", "message": f"memory limit reached: {exc!s}"[:500]}
+    except ExecutorError as exc:
+        failed = {"code": exc.code, "message": exc.message}
+    except ImportError as exc:
+        # Mapping a shared library fails under a too-small RLIMIT_AS.
+        lowered = str(exc).lower()
+        if "map" in lowered or "memory" in lowered:
+            failed = {"code": "out_of_memory", "message": f"cannot load a library: {exc}"}
+        else:
+            failed = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:
+        traceback.print_exc()
+        failed = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
+    _send(channel, {"runtime": runtime, "usage": _usage(cpu0), "failed": failed})
+    return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

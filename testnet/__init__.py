@@ -1,0 +1,1 @@
+"""Local multi-node test networks, scenarios and test data."""
