@@ -1,0 +1,388 @@
+"""EscrowClient: the node's side of settlement, one interface over any Chain.
+
+Every state-changing call is simulated first (gas estimation), so a call the contract
+would refuse raises SettlementError with the contract's own reason and spends nothing.
+A transaction is signed once; after an RPC error the client looks the transaction up by
+its hash and re-sends the same signed bytes, so a retry can never pay twice (same nonce,
+same hash).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+from hexbytes import HexBytes
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+
+from node.chain.artifact import escrow_artifact
+from node.chain.backends import Chain
+from node.chain.events import decode_logs, job_events
+from protocol import settlement as S
+from protocol.settlement import EscrowTerms, SettlementError
+
+GAS_MARGIN = 1.2
+GAS_EXTRA = 20_000
+PRIORITY_FEE = 10**9  # 1 gwei tip when the node cannot tell us one
+# RPC answers that mean "this exact transaction already reached the node"
+ALREADY_SENT = ("already known", "known transaction", "nonce too low", "already imported")
+
+
+@dataclass(frozen=True)
+class TxResult:
+    """A mined transaction: its hash, block and gas, plus the job events it produced."""
+
+    tx: str
+    block: int
+    gas_used: int
+    events: tuple[dict[str, Any], ...] = ()
+    contract_address: str | None = None
+
+
+def revert_reason(exc: BaseException) -> str | None:
+    """The contract's revert text from a web3 or eth-tester exception, if it carries one."""
+    text = str(getattr(exc, "message", None) or exc)
+    marker = "execution reverted"
+    if marker not in text:
+        return None
+    reason = text.split(marker, 1)[1].lstrip(": ").strip().strip("'\"")
+    return reason or "reverted without a reason"
+
+
+class EscrowClient:
+    """Talks to one escrow contract as one account. Thread-safe: one nonce sequence per client."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        address: str,
+        account: LocalAccount,
+        *,
+        confirmations: int = 1,
+        timeout: float = 60.0,
+        retries: int = 3,
+    ) -> None:
+        self.chain = chain
+        self.w3 = chain.w3
+        self.address = to_checksum_address(address)
+        self.account = account
+        self.confirmations = max(1, confirmations)
+        self.timeout = timeout
+        self.retries = retries
+        self.contract = self.w3.eth.contract(address=self.address, abi=escrow_artifact()["abi"])
+        self._nonce: int | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ deployment
+
+    @classmethod
+    def deploy(
+        cls, chain: Chain, account: LocalAccount, **kwargs: Any
+    ) -> tuple[EscrowClient, TxResult]:
+        """Deploy a fresh escrow (native ether) and return a client for it."""
+        art = escrow_artifact()
+        factory = chain.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+        data = factory.constructor(S.ZERO_ADDRESS).data_in_transaction
+        sender = _Sender(chain, account, timeout=kwargs.get("timeout", 60.0))
+        result = sender.transact(to=None, data=data, value=0)
+        assert result.contract_address is not None
+        return cls(chain, result.contract_address, account, **kwargs), result
+
+    # ------------------------------------------------------------ views
+
+    def balance(self, who: str | None = None) -> int:
+        return int(self.contract.functions.balances(who or self.account.address).call())
+
+    def stake_of(self, who: str | None = None) -> int:
+        return int(self.contract.functions.stakes(who or self.account.address).call())
+
+    def job_status(self, job_id: bytes) -> int:
+        return int(self.contract.functions.job_status(S.onchain_job_id(job_id)).call())
+
+    def contract_balance(self) -> int:
+        return int(self.w3.eth.get_balance(self.address))
+
+    # ------------------------------------------------------------ money in and out
+
+    def deposit(self, amount: int) -> TxResult:
+        return self._call("deposit", value=amount)
+
+    def withdraw(self, amount: int) -> TxResult:
+        return self._call("withdraw", amount)
+
+    def stake(self, amount: int) -> TxResult:
+        return self._call("stake", value=amount)
+
+    def unstake(self, amount: int) -> TxResult:
+        return self._call("unstake", amount)
+
+    def approve_stake(self, client: str, amount: int) -> TxResult:
+        return self._call("approve_stake", to_checksum_address(client), amount)
+
+    # ------------------------------------------------------------ job escrow
+
+    def open(self, batch: Sequence[EscrowTerms]) -> TxResult:
+        now = self.chain.now()
+        for terms in batch:
+            S.validate_terms(terms, now=now)
+            if terms.common.client.lower() != self.account.address.lower():
+                raise SettlementError("only the client opens its jobs")
+        commons, jobs = S.group_terms(batch)
+        return self._call("open", commons, jobs)
+
+    def sign_release(self, batch: Sequence[EscrowTerms], expires: int) -> bytes:
+        """The client's receipt for `batch`, valid on this chain and contract until `expires`."""
+        ids = [t.job_id for t in batch]
+        return S.sign_release(self.account.key, self.chain.chain_id, self.address, ids, expires)
+
+    def release(self, batch: Sequence[EscrowTerms], expires: int, signature: bytes) -> TxResult:
+        """Submit a client's signed receipt (any account may); pays every job of `batch`."""
+        ids = [t.job_id for t in batch]
+        signer = S.recover_release_signer(
+            signature, self.chain.chain_id, self.address, ids, expires
+        )
+        if any(t.common.client.lower() != signer.lower() for t in batch):
+            raise SettlementError("receipt not signed by the client")
+        commons, jobs = S.group_terms(batch)
+        return self._call("release", commons, jobs, expires, signature)
+
+    def commit(self, terms: EscrowTerms, commitment: bytes) -> TxResult:
+        return self._call("commit", terms.common.as_abi(), S.job_abi(terms), commitment)
+
+    def reveal(self, terms: EscrowTerms, result_hash: bytes, salt: bytes) -> TxResult:
+        return self._call("reveal", terms.common.as_abi(), S.job_abi(terms), result_hash, salt)
+
+    def claim(self, terms: EscrowTerms, result_hash: bytes) -> TxResult:
+        return self._call("claim", terms.common.as_abi(), S.job_abi(terms), result_hash)
+
+    def refund(self, terms: EscrowTerms) -> TxResult:
+        return self._call("refund", terms.common.as_abi(), S.job_abi(terms))
+
+    def dispute(self, terms: EscrowTerms) -> TxResult:
+        return self._call("dispute", terms.common.as_abi(), S.job_abi(terms))
+
+    def resolve(
+        self,
+        terms: EscrowTerms,
+        worker_pay: Sequence[int],
+        slash: Sequence[int],
+        verifier_pay: int = 0,
+    ) -> TxResult:
+        S.validate_split(terms, worker_pay, slash, verifier_pay)
+        return self._call(
+            "resolve",
+            terms.common.as_abi(),
+            S.job_abi(terms),
+            list(worker_pay),
+            list(slash),
+            verifier_pay,
+        )
+
+    # ------------------------------------------------------------ events
+
+    def job_events(
+        self, from_block: int = 0, to_block: int | str = "latest"
+    ) -> list[dict[str, Any]]:
+        logs = self.w3.eth.get_logs(
+            {"address": self.address, "fromBlock": from_block, "toBlock": to_block}  # type: ignore[typeddict-item]
+        )
+        return job_events(self.contract, logs)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _call(self, fn_name: str, *args: Any, value: int = 0) -> TxResult:
+        fn = self.contract.get_function_by_name(fn_name)(*args)
+        data = fn._encode_transaction_data()
+        with self._lock:
+            sender = self._sender()
+            result = sender.transact(to=self.address, data=data, value=value)
+            self._nonce = sender.nonce
+        logs = self.w3.eth.get_transaction_receipt(HexBytes(result.tx))["logs"]
+        return TxResult(
+            tx=result.tx,
+            block=result.block,
+            gas_used=result.gas_used,
+            events=tuple(job_events(self.contract, logs)),
+        )
+
+    def _sender(self) -> _Sender:
+        return _Sender(
+            self.chain,
+            self.account,
+            nonce=self._nonce,
+            timeout=self.timeout,
+            retries=self.retries,
+            confirmations=self.confirmations,
+        )
+
+    def decode_receipt_logs(self, tx: str) -> list[dict[str, Any]]:
+        logs = self.w3.eth.get_transaction_receipt(HexBytes(tx))["logs"]
+        return decode_logs(self.contract, logs)
+
+
+class _Sender:
+    """Signs, sends, retries and confirms one account's transactions."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        account: LocalAccount,
+        *,
+        nonce: int | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        confirmations: int = 1,
+    ) -> None:
+        self.chain = chain
+        self.w3 = chain.w3
+        self.account = account
+        self.nonce = nonce
+        self.timeout = timeout
+        self.retries = retries
+        self.confirmations = confirmations
+
+    def transact(self, *, to: str | None, data: str | bytes, value: int) -> TxResult:
+        tx: dict[str, Any] = {
+            "from": self.account.address,
+            "data": HexBytes(data),
+            "value": value,
+            "chainId": self.chain.chain_id,
+        }
+        if to is not None:
+            tx["to"] = to
+        tx["gas"] = self._estimate(tx)
+        tx.update(self._fees())
+        if self.nonce is None:
+            self.nonce = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
+        tx["nonce"] = self.nonce
+        del tx["from"]
+        signed = self.account.sign_transaction(tx)
+        raw = bytes(signed.raw_transaction)
+        tx_hash = "0x" + keccak(raw).hex()
+        self._broadcast(raw, tx_hash)
+        self.nonce += 1  # the chain has this nonce now, mined or pending
+        receipt = self._wait(tx_hash)
+        if receipt["status"] != 1:
+            raise SettlementError(self._replay_reason(tx, receipt), f"tx {tx_hash}")
+        address = receipt.get("contractAddress")
+        return TxResult(
+            tx=tx_hash,
+            block=int(receipt["blockNumber"]),
+            gas_used=int(receipt["gasUsed"]),
+            contract_address=str(address) if address else None,
+        )
+
+    def _estimate(self, tx: dict[str, Any]) -> int:
+        try:
+            estimate = int(self._rpc(lambda: self.w3.eth.estimate_gas(tx)))  # type: ignore[arg-type]
+        except SettlementError:
+            raise
+        except Exception as exc:
+            reason = revert_reason(exc)
+            if reason is None:
+                raise SettlementError("transaction rejected", str(exc)) from exc
+            raise SettlementError(reason) from exc
+        limit = int(self.w3.eth.get_block("latest")["gasLimit"])
+        return min(int(estimate * GAS_MARGIN) + GAS_EXTRA, limit)
+
+    def _fees(self) -> dict[str, int]:
+        base = self.w3.eth.get_block("latest").get("baseFeePerGas")
+        if base is None:
+            return {"gasPrice": int(self.w3.eth.gas_price)}
+        try:
+            tip = int(self.w3.eth.max_priority_fee)
+        except Exception:  # not every node implements eth_maxPriorityFeePerGas
+            tip = PRIORITY_FEE
+        return {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+
+    def _known(self, tx_hash: str) -> bool:
+        try:
+            self.w3.eth.get_transaction(HexBytes(tx_hash))
+        except TransactionNotFound:
+            return False
+        return True
+
+    def _broadcast(self, raw: bytes, tx_hash: str) -> None:
+        """Send `raw` until the chain knows `tx_hash`; never sign anything new on a retry."""
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                self.w3.eth.send_raw_transaction(raw)
+                return
+            except Exception as exc:
+                text = str(exc).lower()
+                if any(m in text for m in ALREADY_SENT) and self._known_safely(tx_hash):
+                    return
+                reason = revert_reason(exc)
+                if reason is not None:
+                    self.nonce = None  # not accepted: the nonce is still free
+                    raise SettlementError(reason) from exc
+                if isinstance(exc, Web3RPCError) and not _transient(exc):
+                    self.nonce = None
+                    raise SettlementError("transaction rejected", str(exc)) from exc
+                last = exc
+                if self._known_safely(tx_hash):
+                    return
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        self.nonce = None
+        raise SettlementError("chain unreachable", f"{tx_hash} not sent: {last}")
+
+    def _known_safely(self, tx_hash: str) -> bool:
+        try:
+            return self._known(tx_hash)
+        except Exception:
+            return False
+
+    def _wait(self, tx_hash: str) -> Any:
+        deadline = time.monotonic() + self.timeout
+        poll = 0.01
+        while True:
+            try:
+                receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+                if self.w3.eth.block_number >= receipt["blockNumber"] + self.confirmations - 1:
+                    return receipt
+            except TransactionNotFound:
+                pass
+            except Exception as exc:  # transient RPC trouble while waiting
+                if time.monotonic() > deadline:
+                    raise SettlementError("chain unreachable", str(exc)) from exc
+            if time.monotonic() > deadline:
+                raise SettlementError("transaction not confirmed in time", tx_hash)
+            time.sleep(poll)
+            poll = min(poll * 2, 0.5)
+
+    def _replay_reason(self, tx: dict[str, Any], receipt: Any) -> str:
+        call = {k: v for k, v in tx.items() if k in ("to", "data", "value")}
+        call["from"] = self.account.address
+        try:
+            self.w3.eth.call(call, receipt["blockNumber"] - 1)  # type: ignore[arg-type]
+        except Exception as exc:
+            return revert_reason(exc) or "transaction reverted"
+        return "transaction reverted (out of gas?)"
+
+    def _rpc(self, fn: Callable[[], Any]) -> Any:
+        """Run a read-only RPC call, retrying on transport errors (safe: reads move no money)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except (ContractLogicError, SettlementError):
+                raise
+            except Exception as exc:
+                if revert_reason(exc) is not None or attempt == self.retries:
+                    raise
+                if isinstance(exc, Web3RPCError) and not _transient(exc):
+                    raise
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
+
+def _transient(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(
+        w in text for w in ("timeout", "timed out", "temporarily", "rate", "busy", "connection")
+    )

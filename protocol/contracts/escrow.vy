@@ -1,0 +1,553 @@
+# pragma version 0.4.3
+# pragma nonreentrancy on
+"""
+@title c0 job escrow
+@notice Funds a job before work starts and pays it only after verification:
+        by a receipt the client signs (EIP-712, batched), by a quorum of
+        commit-then-reveal results, by a refund after the deadline, or by the
+        arbiter named in the terms after a dispute. spec/settlement.md is the
+        normative description; this file implements it.
+@dev    Per job the contract keeps ONE storage slot: a 200-bit commitment to the
+        terms, a 48-bit sequence number and 8 flag bits. Every later call passes
+        the terms again as calldata and the contract recomputes the commitment.
+        "Closed" is one bit per sequence number in a bitmap, so closing a batch of
+        jobs costs about one storage write instead of one per job.
+        Money moves by pull payments: payouts credit internal balances and only
+        `withdraw` sends ether, so no call here hands control to a payee.
+"""
+
+MAX_WORKERS: constant(uint256) = 5
+MAX_BATCH: constant(uint256) = 64
+MAX_GROUPS: constant(uint256) = 8
+
+FLAG_OPEN: constant(uint256) = 1
+FLAG_DISPUTED: constant(uint256) = 2
+FLAG_BITS: constant(uint256) = 255
+SEQ_SHIFT: constant(uint256) = 8
+SEQ_BITS: constant(uint256) = 2**48 - 1
+# the top 200 bits of keccak256(terms) are kept; the low 56 hold seq and flags
+HASH_MASK: constant(uint256) = max_value(uint256) - (2**56 - 1)
+
+EIP712_DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
+    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+RELEASE_TYPEHASH: constant(bytes32) = keccak256("Release(bytes32[] jobIds,uint256 expires)")
+DOMAIN_NAME_HASH: constant(bytes32) = keccak256("c0-escrow")
+DOMAIN_VERSION_HASH: constant(bytes32) = keccak256("1")
+# secp256k1n / 2: signatures with a larger s are malleable copies (EIP-2)
+HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080035488
+
+
+struct Assignment:
+    worker: address
+    payout: uint256
+    stake_lock: uint256
+
+
+# terms shared by the jobs of one group (same client, deadlines, verifier, arbiter)
+struct Common:
+    client: address
+    verifier: address
+    verifier_fee: uint256
+    quorum: uint256
+    commit_deadline: uint256
+    deadline: uint256
+    arbiter: address
+
+
+struct Job:
+    job_id: bytes32
+    group: uint256  # index into the `commons` argument; not part of the terms
+    assignments: DynArray[Assignment, MAX_WORKERS]
+
+
+event Deposit:
+    account: indexed(address)
+    amount: uint256
+
+event Withdraw:
+    account: indexed(address)
+    amount: uint256
+
+event Staked:
+    worker: indexed(address)
+    amount: uint256
+
+event Unstaked:
+    worker: indexed(address)
+    amount: uint256
+
+event StakeApproval:
+    worker: indexed(address)
+    client: indexed(address)
+    amount: uint256
+
+# batched happy path: one event per call, carrying every job ID (cf. ERC-1155 TransferBatch)
+event Opened:
+    client: indexed(address)
+    job_ids: DynArray[bytes32, MAX_BATCH]
+    escrowed: uint256
+
+event Released:
+    client: indexed(address)
+    job_ids: DynArray[bytes32, MAX_BATCH]
+    paid: uint256
+
+event Committed:
+    job_id: indexed(bytes32)
+    worker: indexed(address)
+    commitment: bytes32
+
+event Revealed:
+    job_id: indexed(bytes32)
+    worker: indexed(address)
+    result_hash: bytes32
+
+event Claimed:
+    job_id: indexed(bytes32)
+    result_hash: bytes32
+    paid: uint256
+
+event Refunded:
+    job_id: indexed(bytes32)
+    client: indexed(address)
+    amount: uint256
+
+event Disputed:
+    job_id: indexed(bytes32)
+    by: indexed(address)
+
+event Resolved:
+    job_id: indexed(bytes32)
+    arbiter: indexed(address)
+    to_workers: uint256
+    to_verifier: uint256
+    to_client: uint256
+
+event Slashed:
+    job_id: indexed(bytes32)
+    worker: indexed(address)
+    amount: uint256
+
+
+TOKEN: public(immutable(address))  # empty(address) = native ether (the only kind today)
+CACHED_CHAIN_ID: immutable(uint256)
+CACHED_DOMAIN_SEPARATOR: immutable(bytes32)
+
+balances: public(HashMap[address, uint256])
+stakes: public(HashMap[address, uint256])
+stake_allowance: public(HashMap[address, HashMap[address, uint256]])  # worker -> client
+jobs: public(HashMap[bytes32, uint256])
+closed_words: HashMap[uint256, uint256]
+next_seq: public(uint256)
+commitments: public(HashMap[bytes32, HashMap[address, bytes32]])
+reveals: public(HashMap[bytes32, HashMap[address, bytes32]])
+votes: public(HashMap[bytes32, HashMap[bytes32, uint256]])
+top_votes: public(HashMap[bytes32, uint256])
+
+
+@deploy
+def __init__(token: address):
+    assert token == empty(address), "only native ether is supported"
+    TOKEN = token
+    CACHED_CHAIN_ID = chain.id
+    CACHED_DOMAIN_SEPARATOR = self._domain_separator()
+
+
+# ---------------------------------------------------------------- balances
+
+
+@external
+@payable
+def deposit():
+    assert msg.value > 0, "zero amount"
+    self.balances[msg.sender] += msg.value
+    log Deposit(account=msg.sender, amount=msg.value)
+
+
+@external
+def withdraw(amount: uint256):
+    assert amount > 0, "zero amount"
+    assert self.balances[msg.sender] >= amount, "insufficient balance"
+    self.balances[msg.sender] -= amount
+    log Withdraw(account=msg.sender, amount=amount)
+    raw_call(msg.sender, b"", value=amount)
+
+
+@external
+@payable
+def stake():
+    assert msg.value > 0, "zero amount"
+    self.stakes[msg.sender] += msg.value
+    log Staked(worker=msg.sender, amount=msg.value)
+
+
+@external
+def unstake(amount: uint256):
+    # only free stake; locked stake left `stakes` when a job was opened
+    assert amount > 0, "zero amount"
+    assert self.stakes[msg.sender] >= amount, "insufficient stake"
+    self.stakes[msg.sender] -= amount
+    self.balances[msg.sender] += amount
+    log Unstaked(worker=msg.sender, amount=amount)
+
+
+@external
+def approve_stake(client: address, amount: uint256):
+    assert client != empty(address), "zero address"
+    self.stake_allowance[msg.sender][client] = amount
+    log StakeApproval(worker=msg.sender, client=client, amount=amount)
+
+
+# ---------------------------------------------------------------- terms
+
+
+@internal
+@pure
+def _common_hash(c: Common) -> bytes32:
+    return keccak256(abi_encode(c))
+
+
+@internal
+@pure
+def _terms_hash(job_id: bytes32, common_hash: bytes32, assignments: DynArray[Assignment, MAX_WORKERS]) -> bytes32:
+    return keccak256(abi_encode(job_id, common_hash, assignments))
+
+
+@internal
+@view
+def _is_closed(seq: uint256) -> bool:
+    return (self.closed_words[seq >> 8] >> (seq & 255)) & 1 == 1
+
+
+@internal
+def _close(seq: uint256):
+    self.closed_words[seq >> 8] |= 1 << (seq & 255)
+
+
+@internal
+@view
+def _load(c: Common, job: Job) -> uint256:
+    """Check the terms against the stored commitment; return the slot (job must be live)."""
+    slot: uint256 = self.jobs[job.job_id]
+    assert slot != 0, "unknown job"
+    h: uint256 = convert(self._terms_hash(job.job_id, self._common_hash(c), job.assignments), uint256)
+    assert slot & HASH_MASK == h & HASH_MASK, "terms do not match the escrow"
+    assert not self._is_closed((slot >> SEQ_SHIFT) & SEQ_BITS), "job already settled"
+    return slot
+
+
+@internal
+@pure
+def _escrowed(c: Common, assignments: DynArray[Assignment, MAX_WORKERS]) -> uint256:
+    total: uint256 = c.verifier_fee
+    for a: Assignment in assignments:
+        total += a.payout
+    return total
+
+
+@internal
+@pure
+def _worker_index(assignments: DynArray[Assignment, MAX_WORKERS], who: address) -> uint256:
+    for i: uint256 in range(len(assignments), bound=MAX_WORKERS):
+        if assignments[i].worker == who:
+            return i
+    raise "not an assigned worker"
+
+
+# ---------------------------------------------------------------- open
+
+
+@internal
+@view
+def _check_common(c: Common):
+    assert c.client == msg.sender, "only the client opens its jobs"
+    assert c.arbiter != empty(address), "zero address"
+    assert c.verifier != empty(address) or c.verifier_fee == 0, "zero address"
+    assert c.quorum > 0, "quorum must be at least 1"
+    assert c.commit_deadline > block.timestamp, "deadlines must lie in the future"
+    assert c.deadline > c.commit_deadline, "deadline must follow the commit deadline"
+
+
+@external
+def open(commons: DynArray[Common, MAX_GROUPS], jobs: DynArray[Job, MAX_BATCH]):
+    """Open escrows for `jobs`; the caller is the client of every group."""
+    assert len(jobs) > 0, "no jobs"
+    common_hashes: DynArray[bytes32, MAX_GROUPS] = []
+    for c: Common in commons:
+        self._check_common(c)
+        common_hashes.append(self._common_hash(c))
+    seq: uint256 = self.next_seq
+    total: uint256 = 0
+    ids: DynArray[bytes32, MAX_BATCH] = []
+    for job: Job in jobs:
+        assert job.group < len(commons), "bad group index"
+        c: Common = commons[job.group]
+        n: uint256 = len(job.assignments)
+        assert n > 0, "no workers"
+        assert c.quorum <= n, "quorum above the number of workers"
+        assert job.job_id != empty(bytes32), "zero job id"
+        assert self.jobs[job.job_id] == 0, "job id already used"
+        for i: uint256 in range(n, bound=MAX_WORKERS):
+            a: Assignment = job.assignments[i]
+            assert a.worker != empty(address), "zero address"
+            for k: uint256 in range(i + 1, n, bound=MAX_WORKERS):
+                assert job.assignments[k].worker != a.worker, "duplicate worker"
+            total += a.payout
+            if a.stake_lock > 0:
+                assert self.stake_allowance[a.worker][msg.sender] >= a.stake_lock, "stake lock not approved by worker"
+                assert self.stakes[a.worker] >= a.stake_lock, "worker stake too low"
+                self.stake_allowance[a.worker][msg.sender] -= a.stake_lock
+                self.stakes[a.worker] -= a.stake_lock
+        total += c.verifier_fee
+        h: uint256 = convert(self._terms_hash(job.job_id, common_hashes[job.group], job.assignments), uint256)
+        self.jobs[job.job_id] = (h & HASH_MASK) | (seq << SEQ_SHIFT) | FLAG_OPEN
+        seq += 1
+        ids.append(job.job_id)
+    assert self.balances[msg.sender] >= total, "insufficient balance"
+    self.balances[msg.sender] -= total
+    self.next_seq = seq
+    log Opened(client=msg.sender, job_ids=ids, escrowed=total)
+
+
+# ---------------------------------------------------------------- release
+
+
+@internal
+@view
+def _domain_separator() -> bytes32:
+    return keccak256(
+        abi_encode(EIP712_DOMAIN_TYPEHASH, DOMAIN_NAME_HASH, DOMAIN_VERSION_HASH, chain.id, self)
+    )
+
+
+@internal
+@view
+def _release_digest(job_ids: DynArray[bytes32, MAX_BATCH], expires: uint256) -> bytes32:
+    domain: bytes32 = CACHED_DOMAIN_SEPARATOR
+    if chain.id != CACHED_CHAIN_ID:
+        domain = self._domain_separator()
+    # EIP-712 encodes bytes32[] as keccak256 of the elements laid end to end
+    packed: Bytes[2112] = abi_encode(job_ids)
+    ids_hash: bytes32 = keccak256(slice(packed, 64, 32 * len(job_ids)))
+    struct_hash: bytes32 = keccak256(abi_encode(RELEASE_TYPEHASH, ids_hash, expires))
+    return keccak256(concat(b"\x19\x01", domain, struct_hash))
+
+
+@external
+@view
+def domain_separator() -> bytes32:
+    if chain.id != CACHED_CHAIN_ID:
+        return self._domain_separator()
+    return CACHED_DOMAIN_SEPARATOR
+
+
+@external
+@view
+def release_digest(job_ids: DynArray[bytes32, MAX_BATCH], expires: uint256) -> bytes32:
+    return self._release_digest(job_ids, expires)
+
+
+@internal
+@view
+def _recover(digest: bytes32, signature: Bytes[65]) -> address:
+    assert len(signature) == 65, "malformed signature"
+    r: uint256 = extract32(signature, 0, output_type=uint256)
+    s: uint256 = extract32(signature, 32, output_type=uint256)
+    v: uint256 = convert(slice(signature, 64, 1), uint256)
+    assert v == 27 or v == 28, "malformed signature"
+    assert s <= HALF_N and s > 0 and r > 0, "malformed signature"
+    signer: address = ecrecover(digest, v, r, s)
+    assert signer != empty(address), "bad signature"
+    return signer
+
+
+@external
+def release(
+    commons: DynArray[Common, MAX_GROUPS],
+    jobs: DynArray[Job, MAX_BATCH],
+    expires: uint256,
+    signature: Bytes[65],
+):
+    """Pay every job in `jobs` as its terms say; anyone may submit the client's receipt."""
+    assert len(jobs) > 0, "no jobs"
+    assert block.timestamp <= expires, "receipt expired"
+    ids: DynArray[bytes32, MAX_BATCH] = []
+    for job: Job in jobs:
+        ids.append(job.job_id)
+    client: address = self._recover(self._release_digest(ids, expires), signature)
+    common_hashes: DynArray[bytes32, MAX_GROUPS] = []
+    for c: Common in commons:
+        assert c.client == client, "receipt not signed by the client"
+        common_hashes.append(self._common_hash(c))
+    paid: uint256 = 0
+    for job: Job in jobs:
+        assert job.group < len(commons), "bad group index"
+        slot: uint256 = self.jobs[job.job_id]
+        assert slot != 0, "unknown job"
+        h: uint256 = convert(self._terms_hash(job.job_id, common_hashes[job.group], job.assignments), uint256)
+        assert slot & HASH_MASK == h & HASH_MASK, "terms do not match the escrow"
+        assert slot & FLAG_DISPUTED == 0, "job is disputed"
+        seq: uint256 = (slot >> SEQ_SHIFT) & SEQ_BITS
+        assert not self._is_closed(seq), "job already settled"
+        self._close(seq)
+        for a: Assignment in job.assignments:
+            self.balances[a.worker] += a.payout
+            if a.stake_lock > 0:
+                self.stakes[a.worker] += a.stake_lock
+            paid += a.payout
+        c: Common = commons[job.group]
+        if c.verifier_fee > 0:
+            self.balances[c.verifier] += c.verifier_fee
+            paid += c.verifier_fee
+    log Released(client=client, job_ids=ids, paid=paid)
+
+
+# ---------------------------------------------------------------- claim
+
+
+@external
+def commit(c: Common, job: Job, commitment: bytes32):
+    """An assigned worker commits keccak256(abi_encode(result_hash, worker, salt))."""
+    slot: uint256 = self._load(c, job)
+    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    assert block.timestamp < c.commit_deadline, "commit deadline passed"
+    self._worker_index(job.assignments, msg.sender)
+    assert commitment != empty(bytes32), "zero commitment"
+    assert self.commitments[job.job_id][msg.sender] == empty(bytes32), "already committed"
+    self.commitments[job.job_id][msg.sender] = commitment
+    log Committed(job_id=job.job_id, worker=msg.sender, commitment=commitment)
+
+
+@external
+def reveal(c: Common, job: Job, result_hash: bytes32, salt: bytes32):
+    slot: uint256 = self._load(c, job)
+    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    assert block.timestamp >= c.commit_deadline, "reveal before the commit deadline"
+    assert block.timestamp < c.deadline, "reveal deadline passed"
+    self._worker_index(job.assignments, msg.sender)
+    commitment: bytes32 = self.commitments[job.job_id][msg.sender]
+    assert commitment != empty(bytes32), "no commitment"
+    assert self.reveals[job.job_id][msg.sender] == empty(bytes32), "already revealed"
+    assert result_hash != empty(bytes32), "zero result hash"
+    assert keccak256(abi_encode(result_hash, msg.sender, salt)) == commitment, "reveal does not match commitment"
+    self.reveals[job.job_id][msg.sender] = result_hash
+    count: uint256 = self.votes[job.job_id][result_hash] + 1
+    self.votes[job.job_id][result_hash] = count
+    if count > self.top_votes[job.job_id]:
+        self.top_votes[job.job_id] = count
+    log Revealed(job_id=job.job_id, worker=msg.sender, result_hash=result_hash)
+
+
+@external
+def claim(c: Common, job: Job, result_hash: bytes32):
+    """After the deadline: pay the workers whose reveals reached quorum, slash the rest."""
+    slot: uint256 = self._load(c, job)
+    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    assert block.timestamp >= c.deadline, "claim before the deadline"
+    assert result_hash != empty(bytes32), "zero result hash"
+    assert self.votes[job.job_id][result_hash] >= c.quorum, "no quorum for this result"
+    self._close((slot >> SEQ_SHIFT) & SEQ_BITS)
+    to_client: uint256 = c.verifier_fee  # no verifier signed off on-chain
+    paid: uint256 = 0
+    for a: Assignment in job.assignments:
+        if self.reveals[job.job_id][a.worker] == result_hash:
+            self.balances[a.worker] += a.payout
+            self.stakes[a.worker] += a.stake_lock
+            paid += a.payout
+        else:
+            to_client += a.payout + a.stake_lock
+            if a.stake_lock > 0:
+                log Slashed(job_id=job.job_id, worker=a.worker, amount=a.stake_lock)
+    self.balances[c.client] += to_client
+    log Claimed(job_id=job.job_id, result_hash=result_hash, paid=paid)
+
+
+# ---------------------------------------------------------------- refund
+
+
+@external
+def refund(c: Common, job: Job):
+    """After the deadline, with nothing released or claimable: money back to the client."""
+    slot: uint256 = self._load(c, job)
+    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    assert block.timestamp >= c.deadline, "refund before the deadline"
+    assert self.top_votes[job.job_id] < c.quorum, "a result reached quorum; claim it"
+    self._close((slot >> SEQ_SHIFT) & SEQ_BITS)
+    for a: Assignment in job.assignments:
+        self.stakes[a.worker] += a.stake_lock
+    amount: uint256 = self._escrowed(c, job.assignments)
+    self.balances[c.client] += amount
+    log Refunded(job_id=job.job_id, client=c.client, amount=amount)
+
+
+# ---------------------------------------------------------------- dispute
+
+
+@external
+def dispute(c: Common, job: Job):
+    """Freeze a job until its arbiter resolves it; the client or an assigned worker, before the deadline."""
+    slot: uint256 = self._load(c, job)
+    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    assert block.timestamp < c.deadline, "dispute after the deadline"
+    if msg.sender != c.client:
+        self._worker_index(job.assignments, msg.sender)
+    self.jobs[job.job_id] = slot | FLAG_DISPUTED
+    log Disputed(job_id=job.job_id, by=msg.sender)
+
+
+@external
+def resolve(
+    c: Common,
+    job: Job,
+    worker_pay: DynArray[uint256, MAX_WORKERS],
+    slash: DynArray[uint256, MAX_WORKERS],
+    verifier_pay: uint256,
+):
+    """The arbiter splits a disputed escrow; whatever it does not give away returns to the client."""
+    slot: uint256 = self._load(c, job)
+    assert msg.sender == c.arbiter, "only the arbiter resolves"
+    assert slot & FLAG_DISPUTED != 0, "job is not disputed"
+    n: uint256 = len(job.assignments)
+    assert len(worker_pay) == n and len(slash) == n, "one amount per worker"
+    assert verifier_pay == 0 or c.verifier != empty(address), "zero address"
+    escrow: uint256 = self._escrowed(c, job.assignments)
+    to_workers: uint256 = 0
+    slashed: uint256 = 0
+    for i: uint256 in range(n, bound=MAX_WORKERS):
+        to_workers += worker_pay[i]
+        assert slash[i] <= job.assignments[i].stake_lock, "slash above the stake lock"
+        slashed += slash[i]
+    assert to_workers + verifier_pay <= escrow, "split exceeds the escrow"
+    self._close((slot >> SEQ_SHIFT) & SEQ_BITS)
+    for i: uint256 in range(n, bound=MAX_WORKERS):
+        a: Assignment = job.assignments[i]
+        self.balances[a.worker] += worker_pay[i]
+        self.stakes[a.worker] += a.stake_lock - slash[i]
+        if slash[i] > 0:
+            log Slashed(job_id=job.job_id, worker=a.worker, amount=slash[i])
+    if verifier_pay > 0:
+        self.balances[c.verifier] += verifier_pay
+    to_client: uint256 = escrow - to_workers - verifier_pay + slashed
+    self.balances[c.client] += to_client
+    log Resolved(
+        job_id=job.job_id,
+        arbiter=msg.sender,
+        to_workers=to_workers,
+        to_verifier=verifier_pay,
+        to_client=to_client,
+    )
+
+
+@external
+@view
+def job_status(job_id: bytes32) -> uint256:
+    """0 unknown, 1 open, 2 disputed, 3 settled."""
+    slot: uint256 = self.jobs[job_id]
+    if slot == 0:
+        return 0
+    if self._is_closed((slot >> SEQ_SHIFT) & SEQ_BITS):
+        return 3
+    if slot & FLAG_DISPUTED != 0:
+        return 2
+    return 1

@@ -1,0 +1,259 @@
+"""Settlement rules without I/O: escrow terms, their hashes, commit hashes and EIP-712 receipts.
+
+Everything here mirrors protocol/contracts/escrow.vy bit for bit (spec/settlement.md):
+the node validates with these functions before it spends gas, and tests check that the
+contract computes the same hashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi.abi import encode as abi_encode
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+
+from protocol.errors import C0Error
+
+ZERO_ADDRESS = "0x" + "00" * 20
+MAX_WORKERS = 5
+MAX_BATCH = 64
+MAX_GROUPS = 8
+SHA256_MULTIHASH_PREFIX = b"\x12\x20"
+# secp256k1 group order / 2: the contract refuses signatures with a larger s (EIP-2)
+HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+DOMAIN_NAME = "c0-escrow"
+DOMAIN_VERSION = "1"
+ASSIGNMENT_ABI = "(address,uint256,uint256)"
+COMMON_ABI = "(address,address,uint256,uint256,uint256,uint256,address)"
+RELEASE_TYPES: dict[str, list[dict[str, str]]] = {
+    "Release": [
+        {"name": "jobIds", "type": "bytes32[]"},
+        {"name": "expires", "type": "uint256"},
+    ]
+}
+
+# on-chain job status, as `job_status(job_id)` returns it
+STATUS_UNKNOWN, STATUS_OPEN, STATUS_DISPUTED, STATUS_SETTLED = 0, 1, 2, 3
+
+
+class SettlementError(C0Error):
+    """An escrow call the contract refuses (or would refuse); `reason` is its revert text."""
+
+    code = "settlement_error"
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"escrow refused: {reason}" + (f" ({detail})" if detail else ""))
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One assigned worker: what it is paid on success and how much of its stake is locked."""
+
+    worker: str
+    payout: int
+    stake_lock: int = 0
+
+    def as_abi(self) -> tuple[str, int, int]:
+        return (to_checksum_address(self.worker), self.payout, self.stake_lock)
+
+
+@dataclass(frozen=True)
+class Common:
+    """Terms a group of jobs shares: client, verifier fee, quorum, deadlines (unix s), arbiter."""
+
+    client: str
+    arbiter: str
+    commit_deadline: int
+    deadline: int
+    quorum: int = 1
+    verifier: str = ZERO_ADDRESS
+    verifier_fee: int = 0
+
+    def as_abi(self) -> tuple[str, str, int, int, int, int, str]:
+        return (
+            to_checksum_address(self.client),
+            to_checksum_address(self.verifier),
+            self.verifier_fee,
+            self.quorum,
+            self.commit_deadline,
+            self.deadline,
+            to_checksum_address(self.arbiter),
+        )
+
+
+@dataclass(frozen=True)
+class EscrowTerms:
+    """Everything the escrow commits to for one job; the same object is passed on every call."""
+
+    job_id: bytes  # 32 bytes: the SHA-256 digest of the canonical job spec
+    common: Common
+    assignments: tuple[Assignment, ...]
+
+    @property
+    def escrowed(self) -> int:
+        """What leaves the client's free balance when the job is opened."""
+        return sum(a.payout for a in self.assignments) + self.common.verifier_fee
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        return tuple(to_checksum_address(a.worker) for a in self.assignments)
+
+
+def onchain_job_id(job_id: bytes) -> bytes:
+    """The bytes32 the contract uses for a job: the digest inside a SHA-256 multihash."""
+    if len(job_id) == 34 and job_id[:2] == SHA256_MULTIHASH_PREFIX:
+        return job_id[2:]
+    if len(job_id) == 32:
+        return job_id
+    raise SettlementError("bad job id", "expected a 34-byte SHA-256 multihash or a 32-byte digest")
+
+
+def common_hash(common: Common) -> bytes:
+    return keccak(abi_encode([COMMON_ABI], [common.as_abi()]))
+
+
+def terms_hash(terms: EscrowTerms) -> bytes:
+    """keccak256(abi.encode(job_id, common_hash, assignments)): the escrow's commitment."""
+    return keccak(
+        abi_encode(
+            ["bytes32", "bytes32", ASSIGNMENT_ABI + "[]"],
+            [terms.job_id, common_hash(terms.common), [a.as_abi() for a in terms.assignments]],
+        )
+    )
+
+
+def commit_hash(result_hash: bytes, worker: str, salt: bytes) -> bytes:
+    """keccak256(abi.encode(result_hash, worker, salt)): binds a result to its worker."""
+    _require(len(result_hash) == 32 and len(salt) == 32, "result hash and salt are 32 bytes")
+    return keccak(abi_encode(["bytes32", "address", "bytes32"], [result_hash, worker, salt]))
+
+
+def _require(ok: bool, reason: str) -> None:
+    if not ok:
+        raise SettlementError(reason)
+
+
+def validate_terms(terms: EscrowTerms, *, now: int) -> None:
+    """Raise SettlementError with the contract's own reason if `open` would refuse `terms`."""
+    c = terms.common
+    _require(len(terms.job_id) == 32, "bad job id")
+    _require(terms.job_id != bytes(32), "zero job id")
+    _require(int(c.arbiter, 16) != 0, "zero address")
+    _require(int(c.verifier, 16) != 0 or c.verifier_fee == 0, "zero address")
+    _require(c.quorum > 0, "quorum must be at least 1")
+    _require(c.commit_deadline > now, "deadlines must lie in the future")
+    _require(c.deadline > c.commit_deadline, "deadline must follow the commit deadline")
+    n = len(terms.assignments)
+    _require(n > 0, "no workers")
+    _require(n <= MAX_WORKERS, f"at most {MAX_WORKERS} workers")
+    _require(c.quorum <= n, "quorum above the number of workers")
+    seen: set[int] = set()
+    for a in terms.assignments:
+        _require(int(a.worker, 16) != 0, "zero address")
+        _require(int(a.worker, 16) not in seen, "duplicate worker")
+        seen.add(int(a.worker, 16))
+        _require(a.payout >= 0 and a.stake_lock >= 0, "negative amount")
+
+
+def validate_split(
+    terms: EscrowTerms, worker_pay: Sequence[int], slash: Sequence[int], verifier_pay: int
+) -> None:
+    """Raise SettlementError if an arbiter's split is one the contract refuses."""
+    n = len(terms.assignments)
+    _require(len(worker_pay) == n and len(slash) == n, "one amount per worker")
+    for a, cut in zip(terms.assignments, slash, strict=True):
+        _require(0 <= cut <= a.stake_lock, "slash above the stake lock")
+    _require(all(p >= 0 for p in worker_pay) and verifier_pay >= 0, "negative amount")
+    _require(sum(worker_pay) + verifier_pay <= terms.escrowed, "split exceeds the escrow")
+
+
+def group_terms(
+    batch: Iterable[EscrowTerms],
+) -> tuple[list[tuple[Any, ...]], list[tuple[bytes, int, list[tuple[str, int, int]]]]]:
+    """Split a batch into the contract's `(commons, jobs)` arguments (shared terms sent once)."""
+    commons: list[Common] = []
+    jobs: list[tuple[bytes, int, list[tuple[str, int, int]]]] = []
+    for t in batch:
+        if t.common not in commons:
+            commons.append(t.common)
+        jobs.append((t.job_id, commons.index(t.common), [a.as_abi() for a in t.assignments]))
+    _require(0 < len(jobs) <= MAX_BATCH, f"a batch holds 1 to {MAX_BATCH} jobs")
+    _require(len(commons) <= MAX_GROUPS, f"a batch holds at most {MAX_GROUPS} distinct commons")
+    return [c.as_abi() for c in commons], jobs
+
+
+def job_abi(terms: EscrowTerms) -> tuple[bytes, int, list[tuple[str, int, int]]]:
+    """The `Job` argument of the single-job calls (group index 0)."""
+    return (terms.job_id, 0, [a.as_abi() for a in terms.assignments])
+
+
+# ---------------------------------------------------------------- EIP-712 receipts
+
+
+def release_typed_data(
+    chain_id: int, contract: str, job_ids: Sequence[bytes], expires: int
+) -> dict[str, Any]:
+    """The full EIP-712 message a client signs to release `job_ids` on one chain and contract."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            **RELEASE_TYPES,
+        },
+        "primaryType": "Release",
+        "domain": {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": to_checksum_address(contract),
+        },
+        "message": {"jobIds": list(job_ids), "expires": expires},
+    }
+
+
+def release_digest(chain_id: int, contract: str, job_ids: Sequence[bytes], expires: int) -> bytes:
+    signable = encode_typed_data(
+        full_message=release_typed_data(chain_id, contract, job_ids, expires)
+    )
+    # EIP-191 version 0x01: keccak256(0x19 0x01 domainSeparator hashStruct(message))
+    return bytes(keccak(b"\x19" + signable.version + signable.header + signable.body))
+
+
+def sign_release(
+    private_key: bytes | str, chain_id: int, contract: str, job_ids: Sequence[bytes], expires: int
+) -> bytes:
+    """The client's 65-byte receipt signature (r ‖ s ‖ v, v in {27, 28})."""
+    signable = encode_typed_data(
+        full_message=release_typed_data(chain_id, contract, job_ids, expires)
+    )
+    signed = Account.sign_message(signable, private_key)
+    return bytes(signed.signature)
+
+
+def recover_release_signer(
+    signature: bytes, chain_id: int, contract: str, job_ids: Sequence[bytes], expires: int
+) -> str:
+    """The address that signed a receipt, with the contract's malleability rules."""
+    _require(len(signature) == 65, "malformed signature")
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    _require(signature[64] in (27, 28) and 0 < s <= HALF_N and r > 0, "malformed signature")
+    signable = encode_typed_data(
+        full_message=release_typed_data(chain_id, contract, job_ids, expires)
+    )
+    try:
+        return str(Account.recover_message(signable, signature=signature))
+    except Exception as exc:  # eth-keys raises several types for unrecoverable input
+        raise SettlementError("bad signature") from exc

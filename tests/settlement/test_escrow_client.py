@@ -1,0 +1,187 @@
+"""The node-side settlement suite: every test runs on the embedded chain and on anvil."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from protocol import settlement as S
+from protocol.settlement import SettlementError
+from tests.settlement.conftest import ETH, Parties
+
+
+def job_id(tag: str) -> bytes:
+    return hashlib.sha256(tag.encode() + os.urandom(8)).digest()
+
+
+def test_happy_path_batched_open_and_signed_release(parties: Parties) -> None:
+    p = parties
+    batch = [p.terms(job_id(f"job{i}"), workers=2) for i in range(3)]
+    free_before = p.client.balance()
+    stake_before = [p.workers[i].stake_of() for i in range(2)]
+    opened = p.client.open(batch)
+    assert [e["event"] for e in opened.events] == ["opened"] * 3
+    assert [e["job_id"] for e in opened.events] == ["0x" + t.job_id.hex() for t in batch]
+    assert p.client.balance() == free_before - sum(t.escrowed for t in batch)
+    assert all(p.client.job_status(t.job_id) == S.STATUS_OPEN for t in batch)
+    assert [p.workers[i].stake_of() for i in range(2)] == [
+        s - 3 * ETH // 1000 for s in stake_before
+    ]
+
+    expires = p.chain.now() + 3600
+    receipt = p.client.sign_release(batch, expires)
+    # a worker submits the client's receipt and pays for the gas
+    released = p.workers[0].release(batch, expires, receipt)
+    assert [e["event"] for e in released.events] == ["released"] * 3
+    assert all(p.client.job_status(t.job_id) == S.STATUS_SETTLED for t in batch)
+    for i in range(2):
+        assert p.workers[i].balance() == sum(t.assignments[i].payout for t in batch)
+        assert p.workers[i].stake_of() == stake_before[i]
+    assert p.verifier.balance() == 3 * ETH // 1000
+
+    # the same receipt again pays nothing: the node refuses before sending
+    with pytest.raises(SettlementError, match="job already settled"):
+        p.workers[1].release(batch, expires, receipt)
+    assert p.workers[1].balance() == sum(t.assignments[1].payout for t in batch)
+
+    before = p.chain.w3.eth.get_balance(p.workers[0].account.address)
+    got = p.workers[0].balance()
+    w = p.workers[0].withdraw(got)
+    assert p.workers[0].balance() == 0
+    gas_cost = w.gas_used * p.chain.w3.eth.get_transaction_receipt(w.tx)["effectiveGasPrice"]
+    assert p.chain.w3.eth.get_balance(p.workers[0].account.address) == before + got - gas_cost
+
+
+def test_claim_by_quorum_pays_matching_workers_and_slashes_the_rest(parties: Parties) -> None:
+    p = parties
+    terms = p.terms(job_id("claim"), workers=3, quorum=2)
+    p.client.open([terms])
+    good, bad = hashlib.sha256(b"good").digest(), hashlib.sha256(b"bad").digest()
+    salts = [os.urandom(32) for _ in range(3)]
+    results = [good, good, bad]
+    for w, r, s in zip(p.workers, results, salts, strict=True):
+        ev = w.commit(terms, S.commit_hash(r, w.account.address, s)).events
+        assert ev[0]["event"] == "committed"
+    with pytest.raises(SettlementError, match="reveal before the commit deadline"):
+        p.workers[0].reveal(terms, good, salts[0])
+    p.chain.advance_time(601)
+    # a worker cannot reveal someone else's commitment as its own
+    with pytest.raises(SettlementError, match="reveal does not match commitment"):
+        p.workers[2].reveal(terms, good, salts[0])
+    for w, r, s in zip(p.workers, results, salts, strict=True):
+        w.reveal(terms, r, s)
+    with pytest.raises(SettlementError, match="claim before the deadline"):
+        p.workers[0].claim(terms, good)
+    p.chain.advance_time(601)
+    with pytest.raises(SettlementError, match="a result reached quorum"):
+        p.client.refund(terms)
+    with pytest.raises(SettlementError, match="no quorum for this result"):
+        p.workers[2].claim(terms, bad)
+    client_before = p.client.balance()
+    stakes = [w.stake_of() for w in p.workers]
+    res = p.workers[0].claim(terms, good)
+    kinds = sorted(e["event"] for e in res.events)
+    assert kinds == ["claimed", "slashed"]
+    assert p.workers[0].balance() == terms.assignments[0].payout
+    assert p.workers[1].balance() == terms.assignments[1].payout
+    assert p.workers[2].balance() == 0
+    assert [w.stake_of() for w in p.workers] == [
+        stakes[0] + ETH // 1000,
+        stakes[1] + ETH // 1000,
+        stakes[2],
+    ]
+    # the loser's payout, its slashed stake and the unused verifier fee go back to the client
+    assert (
+        p.client.balance()
+        == client_before + terms.assignments[2].payout + ETH // 1000 + ETH // 1000
+    )
+    assert p.client.job_status(terms.job_id) == S.STATUS_SETTLED
+
+
+def test_refund_only_after_deadline_and_only_once(parties: Parties) -> None:
+    p = parties
+    terms = p.terms(job_id("refund"))
+    before = p.client.balance()
+    p.client.open([terms])
+    with pytest.raises(SettlementError, match="refund before the deadline"):
+        p.client.refund(terms)
+    assert p.client.balance() == before - terms.escrowed
+    p.chain.advance_time(1201)
+    res = p.outsider.refund(terms)  # anyone may trigger it; the money goes to the client
+    assert res.events[0]["event"] == "refunded"
+    assert p.client.balance() == before
+    with pytest.raises(SettlementError, match="job already settled"):
+        p.client.refund(terms)
+
+
+def test_dispute_freezes_until_the_arbiter_resolves(parties: Parties) -> None:
+    p = parties
+    terms = p.terms(job_id("dispute"), workers=2)
+    p.client.open([terms])
+    with pytest.raises(SettlementError, match="not an assigned worker"):
+        p.outsider.dispute(terms)
+    p.workers[1].dispute(terms)
+    assert p.client.job_status(terms.job_id) == S.STATUS_DISPUTED
+    expires = p.chain.now() + 3600
+    receipt = p.client.sign_release([terms], expires)
+    with pytest.raises(SettlementError, match="job is disputed"):
+        p.client.release([terms], expires, receipt)
+    p.chain.advance_time(1201)
+    with pytest.raises(SettlementError, match="job is disputed"):
+        p.client.refund(terms)
+    with pytest.raises(SettlementError, match="only the arbiter resolves"):
+        p.client.resolve(terms, [0, 0], [0, 0])
+    client_before = p.client.balance()
+    stakes = [w.stake_of() for w in p.workers[:2]]
+    res = p.arbiter.resolve(terms, [terms.assignments[0].payout, 0], [0, ETH // 1000], ETH // 1000)
+    assert sorted(e["event"] for e in res.events) == ["resolved", "slashed"]
+    assert p.workers[0].balance() == terms.assignments[0].payout
+    assert p.workers[1].balance() == 0
+    assert [w.stake_of() for w in p.workers[:2]] == [stakes[0] + ETH // 1000, stakes[1]]
+    assert p.verifier.balance() == ETH // 1000
+    assert p.client.balance() == client_before + terms.assignments[1].payout + ETH // 1000
+
+
+def test_events_of_a_job_can_be_read_back(parties: Parties) -> None:
+    p = parties
+    terms = p.terms(job_id("events"))
+    start = p.chain.w3.eth.block_number
+    opened = p.client.open([terms])
+    expires = p.chain.now() + 3600
+    released = p.client.release([terms], expires, p.client.sign_release([terms], expires))
+    jid = "0x" + terms.job_id.hex()
+    mine = [e for e in p.client.job_events(from_block=start) if e["job_id"] == jid]
+    assert [(e["event"], e["tx"], e["block"]) for e in mine] == [
+        ("opened", opened.tx, opened.block),
+        ("released", released.tx, released.block),
+    ]
+
+
+def test_a_lost_rpc_answer_does_not_send_a_payment_twice(parties: Parties) -> None:
+    """The node forwards the transaction, then the answer is lost; the client retries."""
+    p = parties
+    w3 = p.chain.w3
+    real_send = w3.eth.send_raw_transaction
+    calls: list[bytes] = []
+
+    def lossy_send(raw: bytes) -> object:
+        calls.append(bytes(raw))
+        result = real_send(raw)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset by peer")  # the chain got it; we did not hear
+        return result
+
+    w3.eth.send_raw_transaction = lossy_send  # type: ignore[method-assign]
+    try:
+        before = p.client.balance()
+        res = p.client.deposit(12345)
+    finally:
+        w3.eth.send_raw_transaction = real_send  # type: ignore[method-assign]
+    assert len(calls) == 1  # it looked the hash up and saw the transaction: no second send
+    assert p.client.balance() == before + 12345
+    # the nonce sequence is intact: the next transaction goes through
+    p.client.deposit(1)
+    assert p.client.balance() == before + 12346
+    assert res.gas_used > 0
