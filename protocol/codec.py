@@ -79,9 +79,30 @@ def _float(value: float) -> bytes:
     return b"\xfb" + struct.pack(">d", value)
 
 
+_TEXT_CACHE: dict[str, bytes] = {}
+_TEXT_CACHE_MAX = 4096
+
+
+def _text(value: str) -> bytes:
+    """Encoded text string; short ones (map keys, enum values) are cached."""
+    cached = _TEXT_CACHE.get(value)
+    if cached is None:
+        data = value.encode("utf-8")
+        cached = _head(3, len(data)) + data
+        if len(data) <= 32 and len(_TEXT_CACHE) < _TEXT_CACHE_MAX:
+            _TEXT_CACHE[value] = cached
+    return cached
+
+
+def _first(pair: tuple[bytes, Any]) -> bytes:
+    return pair[0]
+
+
 def _encode(obj: Any, out: list[bytes]) -> None:
+    if type(obj) is str:  # the commonest case first
+        out.append(_text(obj))
     # bool before int: bool is a subclass of int.
-    if obj is False:
+    elif obj is False:
         out.append(b"\xf4")
     elif obj is True:
         out.append(b"\xf5")
@@ -104,10 +125,13 @@ def _encode(obj: Any, out: list[bytes]) -> None:
     elif isinstance(obj, dict):
         pairs = []
         for key, value in obj.items():
-            kbuf: list[bytes] = []
-            _encode(key, kbuf)
-            pairs.append((b"".join(kbuf), value))
-        pairs.sort(key=lambda p: p[0])
+            if type(key) is str:
+                pairs.append((_text(key), value))
+            else:
+                kbuf: list[bytes] = []
+                _encode(key, kbuf)
+                pairs.append((b"".join(kbuf), value))
+        pairs.sort(key=_first)
         out.append(_head(5, len(pairs)))
         for kbytes, value in pairs:
             out.append(kbytes)
@@ -130,107 +154,7 @@ def encode(obj: Any) -> bytes:
 
 # ---------------------------------------------------------------- decoding
 
-
-class _Decoder:
-    __slots__ = ("data", "limits", "pos")
-
-    def __init__(self, data: bytes, limits: DecodeLimits) -> None:
-        self.data = data
-        self.limits = limits
-        self.pos = 0
-
-    def _take(self, n: int) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise PeerProtocolError("truncated", f"needs {end} bytes, has {len(self.data)}")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def _argument(self, info: int) -> int:
-        if info < 24:
-            return info
-        if info == 24:
-            value = self._take(1)[0]
-            if value < 24:
-                raise PeerProtocolError("non_canonical", "integer head not in shortest form")
-            return value
-        if info in (25, 26, 27):
-            size = 1 << (info - 24)
-            value = int.from_bytes(self._take(size), "big")
-            if value >> (4 * size) == 0:  # would fit in half the width
-                raise PeerProtocolError("non_canonical", "integer head not in shortest form")
-            return value
-        if info == 31:
-            raise PeerProtocolError("non_canonical", "indefinite length is not allowed")
-        raise PeerProtocolError("malformed", f"reserved additional information {info}")
-
-    def item(self, depth: int) -> Any:
-        if depth > self.limits.max_depth:
-            raise PeerProtocolError("too_deep", f"nesting deeper than {self.limits.max_depth}")
-        initial = self._take(1)[0]
-        major, info = initial >> 5, initial & 0x1F
-        if major == 7:
-            return self._simple(info)
-        arg = self._argument(info)
-        if major == 0:
-            return arg
-        if major == 1:
-            return -1 - arg
-        if major in (2, 3):
-            if arg > self.limits.max_string:
-                raise PeerProtocolError("oversized", f"string of {arg} bytes")
-            raw = self._take(arg)
-            if major == 2:
-                return raw
-            try:
-                return raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise PeerProtocolError("malformed", "text string is not UTF-8") from None
-        if major == 4:
-            if arg > self.limits.max_items:
-                raise PeerProtocolError("oversized", f"array of {arg} items")
-            return [self.item(depth + 1) for _ in range(arg)]
-        if major == 5:
-            if arg > self.limits.max_items:
-                raise PeerProtocolError("oversized", f"map of {arg} pairs")
-            result: dict[Any, Any] = {}
-            previous = b""
-            for index in range(arg):
-                start = self.pos
-                key = self.item(depth + 1)
-                kbytes = self.data[start : self.pos]
-                if index and kbytes <= previous:
-                    reason = "duplicate map key" if kbytes == previous else "map keys not sorted"
-                    raise PeerProtocolError("non_canonical", reason)
-                previous = kbytes
-                if not isinstance(key, int | str | bytes):
-                    raise PeerProtocolError("malformed", "map keys must be int, text or bytes")
-                result[key] = self.item(depth + 1)
-            return result
-        # major == 6: tag
-        if arg not in self.limits.allowed_tags:
-            raise PeerProtocolError("malformed", f"tag {arg} is not allowed")
-        return CBORTag(arg, self.item(depth + 1))
-
-    def _simple(self, info: int) -> Any:
-        if info == 20:
-            return False
-        if info == 21:
-            return True
-        if info == 22:
-            return None
-        if info in (25, 26, 27):
-            fmt = {25: ">e", 26: ">f", 27: ">d"}[info]
-            value: float = struct.unpack(fmt, self._take(struct.calcsize(fmt)))[0]
-            if not math.isfinite(value):
-                raise PeerProtocolError("malformed", "non-finite float")
-            if _float(value)[0] != 0xE0 | info:
-                raise PeerProtocolError("non_canonical", "float not in shortest form")
-            return value
-        if info == 31:
-            raise PeerProtocolError("non_canonical", "indefinite length is not allowed")
-        raise PeerProtocolError("malformed", f"simple value {info} is not allowed")
+_FLOAT_FORMATS = {25: ">e", 26: ">f", 27: ">d"}
 
 
 def decode(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
@@ -238,15 +162,123 @@ def decode(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise PeerProtocolError("malformed", "input is not bytes")
     raw = bytes(data)
-    if len(raw) > limits.max_size:
-        raise PeerProtocolError("oversized", f"{len(raw)} bytes > {limits.max_size}")
-    if not raw:
+    n = len(raw)
+    if n > limits.max_size:
+        raise PeerProtocolError("oversized", f"{n} bytes > {limits.max_size}")
+    if not n:
         raise PeerProtocolError("truncated", "empty input")
-    decoder = _Decoder(raw, limits)
+    max_depth, max_items = limits.max_depth, limits.max_items
+    max_string, allowed_tags = limits.max_string, limits.allowed_tags
+
+    def truncated(end: int) -> PeerProtocolError:
+        return PeerProtocolError("truncated", f"needs {end} bytes, has {n}")
+
+    # One closure over the input keeps the hot path free of attribute lookups.
+    def item(pos: int, depth: int) -> tuple[Any, int]:
+        if depth > max_depth:
+            raise PeerProtocolError("too_deep", f"nesting deeper than {max_depth}")
+        if pos >= n:
+            raise truncated(pos + 1)
+        initial = raw[pos]
+        pos += 1
+        major, info = initial >> 5, initial & 0x1F
+        if major == 7:
+            return _simple(info, pos)
+        if info < 24:
+            arg = info
+        elif info == 24:
+            if pos >= n:
+                raise truncated(pos + 1)
+            arg = raw[pos]
+            pos += 1
+            if arg < 24:
+                raise PeerProtocolError("non_canonical", "integer head not in shortest form")
+        elif info <= 27:
+            size = 1 << (info - 24)
+            end = pos + size
+            if end > n:
+                raise truncated(end)
+            arg = int.from_bytes(raw[pos:end], "big")
+            pos = end
+            if arg >> (4 * size) == 0:  # would fit in half the width
+                raise PeerProtocolError("non_canonical", "integer head not in shortest form")
+        elif info == 31:
+            raise PeerProtocolError("non_canonical", "indefinite length is not allowed")
+        else:
+            raise PeerProtocolError("malformed", f"reserved additional information {info}")
+        if major == 0:
+            return arg, pos
+        if major == 3 or major == 2:
+            if arg > max_string:
+                raise PeerProtocolError("oversized", f"string of {arg} bytes")
+            end = pos + arg
+            if end > n:
+                raise truncated(end)
+            if major == 2:
+                return raw[pos:end], end
+            try:
+                return str(raw[pos:end], "utf-8"), end
+            except UnicodeDecodeError:
+                raise PeerProtocolError("malformed", "text string is not UTF-8") from None
+        if major == 1:
+            return -1 - arg, pos
+        if major == 4:
+            if arg > max_items:
+                raise PeerProtocolError("oversized", f"array of {arg} items")
+            out = []
+            for _ in range(arg):
+                value, pos = item(pos, depth + 1)
+                out.append(value)
+            return out, pos
+        if major == 5:
+            if arg > max_items:
+                raise PeerProtocolError("oversized", f"map of {arg} pairs")
+            result: dict[Any, Any] = {}
+            previous = b""
+            for _ in range(arg):
+                start = pos
+                key, pos = item(pos, depth + 1)
+                kbytes = raw[start:pos]
+                if kbytes <= previous:
+                    reason = "duplicate map key" if kbytes == previous else "map keys not sorted"
+                    raise PeerProtocolError("non_canonical", reason)
+                previous = kbytes
+                if not isinstance(key, int | str | bytes):
+                    raise PeerProtocolError("malformed", "map keys must be int, text or bytes")
+                result[key], pos = item(pos, depth + 1)
+            return result, pos
+        # major == 6: tag
+        if arg not in allowed_tags:
+            raise PeerProtocolError("malformed", f"tag {arg} is not allowed")
+        value, pos = item(pos, depth + 1)
+        return CBORTag(arg, value), pos
+
+    def _simple(info: int, pos: int) -> tuple[Any, int]:
+        if info == 20:
+            return False, pos
+        if info == 21:
+            return True, pos
+        if info == 22:
+            return None, pos
+        fmt = _FLOAT_FORMATS.get(info)
+        if fmt is not None:
+            end = pos + struct.calcsize(fmt)
+            if end > n:
+                raise truncated(end)
+            value: float = struct.unpack(fmt, raw[pos:end])[0]
+            if not math.isfinite(value):
+                raise PeerProtocolError("malformed", "non-finite float")
+            if _float(value)[0] != 0xE0 | info:
+                raise PeerProtocolError("non_canonical", "float not in shortest form")
+            return value, end
+        if info == 31:
+            raise PeerProtocolError("non_canonical", "indefinite length is not allowed")
+        raise PeerProtocolError("malformed", f"simple value {info} is not allowed")
+
     try:
-        value = decoder.item(0)
+        value, pos = item(0, 0)
     except RecursionError:  # pragma: no cover - max_depth keeps us far from it
         raise PeerProtocolError("too_deep", "recursion limit") from None
-    if decoder.pos != len(raw):
-        raise PeerProtocolError("malformed", f"{len(raw) - decoder.pos} trailing bytes")
+    if pos != n:
+        raise PeerProtocolError("malformed", f"{n - pos} trailing bytes")
     return value

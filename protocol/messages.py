@@ -75,60 +75,94 @@ def _fail(path: str, why: str) -> typing.NoReturn:
     raise InvalidMessage(f"{path}: {why}")
 
 
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    """Check `value` against annotation `tp`; lists become tuples for tuple fields."""
+Coercer = typing.Callable[[Any, str], Any]
+
+
+def _compile(tp: Any) -> Coercer:
+    """A checker for annotation `tp`: returns the value (lists become tuples for tuple
+    fields) or raises InvalidMessage naming the field path. Built once per field."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            return _coerce(option, value, path)
-        _fail(path, "unexpected null")  # pragma: no cover
+        options = [o for o in typing.get_args(tp) if o is not type(None)]
+        if len(options) != 1:
+            raise TypeError(f"unsupported union {tp!r}")  # a bug in this module
+        inner = _compile(options[0])
+
+        def optional(value: Any, path: str) -> Any:
+            return None if value is None else inner(value, path)
+
+        return optional
     if tp is Any:
-        return value
+        return lambda value, path: value
     if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            _fail(path, "expected an array")
-        return tuple(_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+        item = _compile(typing.get_args(tp)[0])
+
+        def array(value: Any, path: str) -> Any:
+            if not isinstance(value, list | tuple):
+                _fail(path, "expected an array")
+            return tuple(item(v, path) for v in value)
+
+        return array
     if origin is dict or tp is dict:
-        if not isinstance(value, Mapping):
-            _fail(path, "expected a map")
         args = typing.get_args(tp)
-        if not args:
-            return dict(value)
-        key_tp, val_tp = args
-        return {
-            _coerce(key_tp, k, f"{path}.key"): _coerce(val_tp, v, f"{path}[{k!r}]")
-            for k, v in value.items()
-        }
+        key_c = _compile(args[0]) if args else None
+        val_c = _compile(args[1]) if args else None
+
+        def mapping(value: Any, path: str) -> Any:
+            if not isinstance(value, Mapping):
+                _fail(path, "expected a map")
+            if key_c is None or val_c is None:
+                return dict(value)
+            return {key_c(k, path): val_c(v, f"{path}[{k!r}]") for k, v in value.items()}
+
+        return mapping
     if tp is bool:
-        if not isinstance(value, bool):
-            _fail(path, "expected a boolean")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(path, "expected an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(path, "expected a number")
-        return float(value)
-    if tp in (str, bytes):
-        if not isinstance(value, tp):
-            _fail(path, f"expected {'text' if tp is str else 'bytes'}")
-        return value
-    if tp is JobSpec:
-        if isinstance(value, JobSpec):
+
+        def boolean(value: Any, path: str) -> Any:
+            if not isinstance(value, bool):
+                _fail(path, "expected a boolean")
             return value
-        try:
-            return JobSpec.from_cbor(value)
-        except InvalidJobSpec as exc:
-            _fail(path, exc.message)
-    raise TypeError(f"unsupported field type {tp!r} at {path}")  # a bug in this module
+
+        return boolean
+    if tp is int:
+
+        def integer(value: Any, path: str) -> Any:
+            if type(value) is not int:
+                _fail(path, "expected an integer")
+            return value
+
+        return integer
+    if tp is float:
+
+        def number(value: Any, path: str) -> Any:
+            if type(value) is float:
+                return value
+            if type(value) is not int:
+                _fail(path, "expected a number")
+            return float(value)
+
+        return number
+    if tp in (str, bytes):
+        name = "text" if tp is str else "bytes"
+
+        def exact(value: Any, path: str) -> Any:
+            if type(value) is not tp:
+                _fail(path, f"expected {name}")
+            return value
+
+        return exact
+    if tp is JobSpec:
+
+        def job_spec(value: Any, path: str) -> Any:
+            if isinstance(value, JobSpec):
+                return value
+            try:
+                return JobSpec.from_cbor(value)
+            except InvalidJobSpec as exc:
+                _fail(path, exc.message)
+
+        return job_spec
+    raise TypeError(f"unsupported field type {tp!r}")  # a bug in this module
 
 
 def _require(cond: bool, path: str, why: str) -> None:
@@ -160,12 +194,11 @@ class Message:
     TYPE: ClassVar[str]
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            coerced = _coerce(hints[f.name], value, f"{self.TYPE}.{f.name}")
+        for name, path, coerce in _field_coercers(type(self)):
+            value = getattr(self, name)
+            coerced = coerce(value, path)
             if coerced is not value:
-                object.__setattr__(self, f.name, coerced)
+                object.__setattr__(self, name, coerced)
         self._check()
 
     def _check(self) -> None:
@@ -202,15 +235,19 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
-_HINT_CACHE: dict[type, dict[str, Any]] = {}
+_COERCERS: dict[type, list[tuple[str, str, Coercer]]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINT_CACHE.get(cls)
-    if hints is None:
+def _field_coercers(cls: type[Message]) -> list[tuple[str, str, Coercer]]:
+    coercers = _COERCERS.get(cls)
+    if coercers is None:
         hints = typing.get_type_hints(cls)
-        _HINT_CACHE[cls] = hints
-    return hints
+        coercers = [
+            (f.name, f"{cls.TYPE}.{f.name}", _compile(hints[f.name]))
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        ]
+        _COERCERS[cls] = coercers
+    return coercers
 
 
 # ---------------------------------------------------------------- discovery
