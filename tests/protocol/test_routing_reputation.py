@@ -70,7 +70,8 @@ def test_reputation_counts_evidence_once_and_penalises_wrong_results() -> None:
         for i in range(4)
     ]
     rep = compute_reputation(good + good, worker=w, job_class="noop", now=10)
-    assert rep.completed == 4 and rep.score == 5 / 6
+    assert rep.completed == 4
+    assert rep.score == 5 / 6
     assert rep.median_runtime_ms == {"cpu-2": 101.5}
     bad = compute_reputation(
         [*good, Evidence(w, "noop", "verify_failed", 2, job_id=b"x" * 34)],
@@ -78,7 +79,8 @@ def test_reputation_counts_evidence_once_and_penalises_wrong_results() -> None:
         job_class="noop",
         now=10,
     )
-    assert bad.score < rep.score and bad.verification_failure_rate == 0.2
+    assert bad.score < rep.score
+    assert bad.verification_failure_rate == 0.2
     unknown = compute_reputation([], worker=w, job_class="noop", now=10)
     assert unknown.score == 0.5
 
