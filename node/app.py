@@ -1,0 +1,357 @@
+"""The Node: wires identity, store, transport, gossip, negotiation and blobs together.
+
+One object per running node; `run` is the structured-concurrency entry point. The job
+lifecycle builds on the public methods here (request/send/on, blobs, caps, events).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.blobstore import BlobStore
+from node.config import NodeConfig
+from node.net.blobs import BLOB_PROTOCOL, BlobService
+from node.net.caps import CAPS_TOPIC, Action, CapsBook, KnownWorker, Verdict
+from node.net.negotiate import NEGOTIATE_PROTOCOL, Handler, Negotiator
+from node.net.penalties import PenaltyTable
+from node.net.transport import Transport
+from node.store import DB_FILE, EventLog, Store
+from protocol.envelope import SignedMessage, open_envelope, seal
+from protocol.errors import PeerProtocolError
+from protocol.identity import Identity
+from protocol.messages import CapabilityAd, Message
+
+__all__ = ["Node", "now_ms"]
+
+log = logging.getLogger("c0.node")
+_TARGET_PEERS = 8  # connect to workers heard of until this many connections
+_FAST_START_S = (0.5, 1.0, 2.0, 4.0)  # early republishes while the mesh forms
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _default_ad_fields() -> dict[str, Any]:
+    try:
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError):
+        memory_mb = 0
+    return {
+        "hardware": {"cpu_cores": os.cpu_count() or 1, "memory_mb": memory_mb, "gpu": None},
+        "runtimes": {},
+        "prices": {},
+        "models": (),
+        "content": (),
+        "load": 0.0,
+        "max_concurrent": 1,
+        "stake": 0,
+    }
+
+
+@dataclass(frozen=True)
+class AdStats:
+    published: int
+    last_seq: int
+
+
+class Node:
+    """A c0 node. Construct, then `await nursery.start(node.run)`."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: NodeConfig,
+        home: Path,
+        *,
+        transport: Transport | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if transport is None:
+            from node.net.host import Libp2pTransport  # imports libp2p: only when needed
+
+            transport = Libp2pTransport(identity, config)
+        self.transport: Transport = transport
+        self.store = Store(self.home / DB_FILE)
+        self.events = EventLog(self.store, identity)
+        pen = config.penalties
+        self.penalties = PenaltyTable(
+            ban_threshold=pen.ban_threshold, half_life_s=pen.half_life_s, ban_s=pen.ban_s
+        )
+        g = config.gossip
+        self.book = CapsBook(max_ad_size=g.max_ad_size, rate_per_s=g.rate_per_s, burst=g.burst)
+        self.negotiator = Negotiator(
+            identity, config.negotiate, transport.open_stream, self.penalise
+        )
+        self.blobs = BlobService(
+            BlobStore(self.home / "blobs", self.store),
+            config.blobs,
+            transport.open_stream,
+            self.penalise,
+            request_timeout_s=config.negotiate.request_timeout_s,
+        )
+        self.started_at: float | None = None
+        self.ad_fields: dict[str, Any] = _default_ad_fields()
+        self.ads_published = 0
+        self.on_ad: list[Callable[[KnownWorker], None]] = []  # lifecycle hooks
+        self._ad_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._connect_send, self._connect_recv = trio.open_memory_channel[str](64)
+        self._restore()
+        transport.set_stream_handler(NEGOTIATE_PROTOCOL, self.negotiator.serve_stream)
+        transport.set_stream_handler(BLOB_PROTOCOL, self.blobs.serve_stream)
+        transport.set_gossip(CAPS_TOPIC, self._validate_gossip)
+
+    # ------------------------------------------------------------ identity
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    @property
+    def did(self) -> str:
+        return self.identity.did
+
+    @property
+    def light(self) -> bool:
+        return self.config.light
+
+    # ------------------------------------------------------------ running
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; `started` once the node listens and serves."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.transport.run)
+                self.started_at = trio.current_time()
+                nursery.start_soon(self._connector)
+                nursery.start_soon(self._housekeeping)
+                for addr in self.config.network.bootstrap:
+                    self._connect_send.send_nowait(addr)
+                if not self.light:
+                    nursery.start_soon(self._publisher)
+                task_status.started()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self.negotiator.aclose()
+            self.store.close()
+
+    def uptime_s(self) -> float:
+        return 0.0 if self.started_at is None else trio.current_time() - self.started_at
+
+    # ------------------------------------------------------------ negotiation API
+    def seal(self, message: Message, *, ttl_ms: int = 60_000) -> bytes:
+        """Sign a message as this node."""
+        return seal(self.identity, message, now=now_ms(), ttl_ms=ttl_ms)
+
+    def on(self, message_type: str, handler: Handler) -> None:
+        """Handle requests of one type: `async handler(signed, peer_id) -> Message | None`."""
+        self.negotiator.on(message_type, handler)
+
+    async def request(
+        self,
+        peer_id: str,
+        envelope: bytes,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the request API names its limit)
+    ) -> SignedMessage | None:
+        """Send a signed envelope on /c0/negotiate/1.0.0; return the signed reply."""
+        return await self.negotiator.request(peer_id, envelope, timeout=timeout)
+
+    async def send(
+        self,
+        peer_id: str,
+        envelope: bytes,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Deliver a signed envelope and wait for the peer's acknowledgement."""
+        await self.negotiator.request(peer_id, envelope, timeout=timeout)
+
+    # ------------------------------------------------------------ peers
+    def penalise(self, peer_id: str, reason: str) -> None:
+        """Record misbehaviour; at the ban threshold, block and disconnect the peer."""
+        if peer_id == self.peer_id:
+            return
+        if self.penalties.penalise(peer_id, reason, trio.current_time()):
+            log.warning("banning %s (last: %s)", peer_id, reason)
+            self.transport.block(peer_id)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._drop_peer, peer_id)
+
+    async def _drop_peer(self, peer_id: str) -> None:
+        await self.negotiator.forget_peer(peer_id)
+        await self.transport.disconnect(peer_id)
+
+    def connect_soon(self, multiaddr: str) -> None:
+        try:
+            self._connect_send.send_nowait(multiaddr)
+        except trio.WouldBlock:
+            pass
+
+    async def _connector(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for addr in self._connect_recv:
+                nursery.start_soon(self._connect, addr)
+
+    async def _connect(self, addr: str) -> None:
+        delay = 0.2
+        for _attempt in range(8):  # bootstrap peers may still be starting
+            try:
+                peer = await self.transport.connect(addr)
+            except trio.BrokenResourceError as exc:
+                log.debug("connect %s: %s", addr, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.store.upsert_peer(peer, [addr])
+            return
+        log.info("giving up on %s", addr)
+
+    # ------------------------------------------------------------ gossip
+    @property
+    def caps(self) -> dict[str, KnownWorker]:
+        """Workers heard through gossip: DID -> latest verified ad (not expired)."""
+        return self.book.live(now_ms())
+
+    def _validate_gossip(self, data: bytes, origin: str, forwarder: str) -> Verdict:
+        if origin == self.peer_id:
+            return Verdict(Action.ACCEPT)  # our own publish
+        now = now_ms()
+        verdict = self.book.validate(data, origin, now)
+        if verdict.action is Action.REJECT:
+            self.penalise(forwarder, verdict.reason)
+            return verdict
+        if verdict.action is Action.IGNORE:
+            return verdict
+        assert verdict.signed is not None
+        worker = self.book.accept(verdict.signed, now)
+        ad = worker.ad
+        self.store.save_ad(worker.did, ad.peer_id, ad.seq, worker.raw, now, worker.expires_ms)
+        self.store.upsert_peer(ad.peer_id, list(ad.listen_addrs), worker.did)
+        add_addrs = getattr(self.transport, "add_addrs", None)
+        if add_addrs is not None:
+            add_addrs(ad.peer_id, list(ad.listen_addrs))
+        if (
+            len(self.transport.connected_peers()) < _TARGET_PEERS
+            and ad.peer_id not in self.transport.connected_peers()
+            and ad.listen_addrs
+        ):
+            self.connect_soon(ad.listen_addrs[0])
+        for hook in self.on_ad:
+            hook(worker)
+        return verdict
+
+    def update_ad(self, **fields: Any) -> None:
+        """Change what this node advertises (hardware, runtimes, prices, load ...)."""
+        self.ad_fields.update(fields)
+        self._ad_changed.set()
+
+    def build_ad(self) -> bytes:
+        last = int(self.store.get_meta("ad_seq", "0") or 0)
+        seq = max(now_ms(), last + 1)  # survives restarts: never reuse a sequence number
+        self.store.set_meta("ad_seq", str(seq))
+        binding = self.identity.eth_binding()
+        ad = CapabilityAd(
+            peer_id=self.peer_id,
+            listen_addrs=tuple(self.transport.listen_addrs()[:16]),
+            eth_address=self.identity.eth_address,
+            eth_binding_ed25519_sig=binding.ed25519_sig,
+            eth_binding_eth_sig=binding.eth_sig,
+            seq=seq,
+            ttl_s=self.config.gossip.ad_ttl_s,
+            **self.ad_fields,
+        )
+        return self.seal(ad, ttl_ms=self.config.gossip.ad_ttl_s * 1000)
+
+    async def publish_ad(self) -> None:
+        await self.transport.publish(CAPS_TOPIC, self.build_ad())
+        self.ads_published += 1
+
+    async def _publisher(self) -> None:
+        await self.publish_ad()
+        start = trio.current_time()
+        fast = list(_FAST_START_S)
+        while True:
+            interval = self.config.gossip.ad_interval_s
+            due = start + fast.pop(0) if fast else trio.current_time() + interval
+            with trio.move_on_at(due):
+                await self._ad_changed.wait()
+            self._ad_changed = trio.Event()
+            await self.publish_ad()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(5.0)
+            self.book.expire(now_ms())
+            if len(self.transport.connected_peers()) < _TARGET_PEERS:
+                connected = set(self.transport.connected_peers())
+                for worker in list(self.book.live(now_ms()).values()):
+                    peer = worker.ad.peer_id
+                    if (
+                        peer not in connected
+                        and worker.ad.listen_addrs
+                        and not self.penalties.is_banned(peer, trio.current_time())
+                    ):
+                        self.connect_soon(worker.ad.listen_addrs[0])
+
+    def _restore(self) -> None:
+        now = now_ms()
+        for did, raw, received, expires in self.store.ads(now):
+            try:
+                signed = open_envelope(raw, now=now)
+            except PeerProtocolError:
+                continue
+            if isinstance(signed.message, CapabilityAd) and signed.sender == did:
+                self.book.restore(KnownWorker(did, signed.message, raw, received, expires))
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "did": self.did,
+            "eth_address": self.identity.eth_address,
+            "light": self.light,
+            "listen_addrs": self.transport.listen_addrs(),
+            "connected_peers": len(self.transport.connected_peers()),
+            "uptime_s": round(self.uptime_s(), 3),
+            "known_workers": len(self.caps),
+            "ads_published": self.ads_published,
+            "requests_served": self.negotiator.served,
+            "blobs": self.store.blob_count(),
+            "banned_peers": sum(
+                1 for v in self.penalties.snapshot(trio.current_time()).values() if v["banned"]
+            ),
+            "pid": os.getpid(),
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        connected = set(self.transport.connected_peers())
+        known = {p["peer_id"]: p for p in self.store.peers()}
+        scores = self.penalties.snapshot(now)
+        out = []
+        for peer in sorted(connected | set(scores)):
+            entry = known.get(peer, {})
+            out.append(
+                {
+                    "peer_id": peer,
+                    "did": entry.get("did"),
+                    "addrs": entry.get("addrs", []),
+                    "connected": peer in connected,
+                    "score": scores.get(peer, {}).get("score", 0.0),
+                    "banned": scores.get(peer, {}).get("banned", False),
+                }
+            )
+        return out

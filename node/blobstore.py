@@ -1,0 +1,116 @@
+"""Content-addressed blob store in the node home: blobs/<aa>/<sha256 hex>, indexed in SQLite.
+
+A blob becomes visible only after its bytes are on disk, fsynced, checked against the
+hash and renamed into place; partial downloads live in blobs/partial/ and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from node.store import Store
+from protocol.errors import UserError
+
+__all__ = ["BlobStore", "hash_file"]
+
+_COPY_CHUNK = 1 << 20
+
+
+def hash_file(path: Path, limit: int | None = None) -> tuple[bytes, int]:
+    """SHA-256 and size of a file (or of its first `limit` bytes)."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while limit is None or size < limit:
+            want = _COPY_CHUNK if limit is None else min(_COPY_CHUNK, limit - size)
+            chunk = f.read(want)
+            if not chunk:
+                break
+            h.update(chunk)
+            size += len(chunk)
+    return h.digest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Blobs named by their SHA-256; the index lives in the node's Store."""
+
+    def __init__(self, root: Path, store: Store) -> None:
+        self.root = root
+        self.store = store
+        self.partial_dir = root / "partial"
+        self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def path_of(self, sha256: bytes) -> Path:
+        if len(sha256) != 32:
+            raise ValueError("a blob name is a 32-byte SHA-256")
+        hexed = sha256.hex()  # only hex reaches the file system, never a peer's path
+        return self.root / hexed[:2] / hexed
+
+    def partial_path(self, sha256: bytes) -> Path:
+        return self.partial_dir / (self.path_of(sha256).name + ".part")
+
+    def has(self, sha256: bytes) -> bool:
+        return self.store.blob_size(sha256) is not None and self.path_of(sha256).exists()
+
+    def size(self, sha256: bytes) -> int | None:
+        return self.store.blob_size(sha256) if self.has(sha256) else None
+
+    def open(self, sha256: bytes) -> BinaryIO:
+        return self.path_of(sha256).open("rb")
+
+    def put_bytes(self, data: bytes) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        if not self.has(digest):
+            tmp = self.partial_dir / f"put-{os.getpid()}-{digest.hex()}"
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self.commit(digest, tmp, len(data))
+        return digest
+
+    def put_file(self, path: Path) -> bytes:
+        """Copy a local file into the store; return its SHA-256."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"not a file: {path}")
+        tmp = self.partial_dir / f"put-{os.getpid()}-{id(path)}"
+        h = hashlib.sha256()
+        size = 0
+        with path.open("rb") as src, tmp.open("wb") as dst:
+            while chunk := src.read(_COPY_CHUNK):
+                h.update(chunk)
+                dst.write(chunk)
+                size += len(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        digest = h.digest()
+        if self.has(digest):
+            tmp.unlink()
+        else:
+            self.commit(digest, tmp, size)
+        return digest
+
+    def commit(self, sha256: bytes, tmp: Path, size: int) -> None:
+        """Move verified bytes into place, then index them (the index implies the file)."""
+        final = self.path_of(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        self.store.add_blob(sha256, size)
+
+    def export(self, sha256: bytes, dest: Path) -> None:
+        """Copy a blob out to `dest` (a path chosen by the local user)."""
+        shutil.copyfile(self.path_of(sha256), dest)

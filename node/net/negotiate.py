@@ -1,0 +1,273 @@
+"""/c0/negotiate/1.0.0: signed request/response over length-framed COSE envelopes.
+
+A client writes one envelope frame per request and reads exactly one reply frame: an
+envelope (the handler's signed reply), `{"ok": true}` (handled, nothing to say) or
+`{"error": reason, "detail": text}` after which the server closes the stream. Streams
+are reused for later requests, one request at a time, to save the stream set-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from node.config import NegotiateConfig
+from node.net.framing import (
+    FrameReader,
+    decode_control,
+    encode_control,
+    encode_frame,
+    error_frame,
+    is_control,
+)
+from node.net.streams import ByteStream
+from protocol.envelope import ReplayGuard, SignedMessage, open_envelope, seal
+from protocol.errors import C0Error, PeerProtocolError
+from protocol.identity import Identity, peer_id_from_public, public_from_did
+from protocol.messages import MESSAGE_TYPES, Message
+
+__all__ = [
+    "NEGOTIATE_PROTOCOL",
+    "Handler",
+    "Negotiator",
+    "OpenStream",
+    "Penalise",
+    "RemoteRefused",
+    "RequestTimeout",
+]
+
+NEGOTIATE_PROTOCOL = "/c0/negotiate/1.0.0"
+log = logging.getLogger("c0.negotiate")
+
+Handler = Callable[[SignedMessage, str], Awaitable[Message | None]]
+OpenStream = Callable[[str, str], Awaitable[ByteStream]]  # (peer_id, protocol) -> stream
+Penalise = Callable[[str, str], None]  # (peer_id, reason)
+
+
+class RemoteRefused(C0Error):
+    """The peer answered a request with an error frame; `reason` is its code."""
+
+    code = "remote_refused"
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"peer refused: {reason}" + (f": {detail}" if detail else ""))
+        self.reason = reason
+        self.detail = detail
+
+
+class RequestTimeout(C0Error):
+    """No reply within the request's time limit."""
+
+    code = "timeout"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def signer_peer(signed: SignedMessage) -> str:
+    return peer_id_from_public(public_from_did(signed.sender))
+
+
+@dataclass
+class _Conn:
+    stream: ByteStream
+    reader: FrameReader
+    idle_since: float = 0.0
+
+
+@dataclass
+class Negotiator:
+    """Both halves of the negotiate protocol for one node."""
+
+    identity: Identity
+    config: NegotiateConfig
+    open_stream: OpenStream
+    penalise: Penalise
+    replay_guard: ReplayGuard = field(default_factory=ReplayGuard)
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    _active: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    _idle: defaultdict[str, list[_Conn]] = field(default_factory=lambda: defaultdict(list))
+    served: int = 0
+
+    def on(self, message_type: str, handler: Handler) -> None:
+        """Register the handler for one message type (one handler per type)."""
+        if message_type not in MESSAGE_TYPES:
+            raise ValueError(f"unknown message type {message_type!r}")
+        self.handlers[message_type] = handler
+
+    # ------------------------------------------------------------ server
+    async def serve_stream(self, stream: ByteStream, peer_id: str) -> None:
+        """Serve requests on one inbound stream until the peer closes it or misbehaves."""
+        cfg = self.config
+        if self._active[peer_id] >= cfg.max_streams_per_peer:
+            self.penalise(peer_id, "busy")
+            await _send_quietly(stream, error_frame("busy", "too many streams from this peer"))
+            await stream.reset()
+            return
+        self._active[peer_id] += 1
+        try:
+            await self._serve(stream, peer_id)
+        finally:
+            self._active[peer_id] -= 1
+            if not self._active[peer_id]:
+                del self._active[peer_id]
+
+    async def _serve(self, stream: ByteStream, peer_id: str) -> None:
+        cfg = self.config
+        reader = FrameReader(stream, max_size=cfg.max_frame, read_timeout=cfg.read_timeout_s)
+        first = True
+        while True:
+            try:
+                wait = cfg.first_frame_timeout_s if first else cfg.idle_timeout_s
+                payload = await reader.read_frame(first_timeout=wait)
+                if payload is None:
+                    break
+                reply = await self._handle(payload, peer_id)
+            except PeerProtocolError as exc:
+                if exc.reason == "timeout" and not first and not reader._buf:
+                    break  # an idle reused stream: close politely, nobody is at fault
+                log.info("negotiate: %s from %s: %s", exc.reason, peer_id, exc.detail)
+                self.penalise(peer_id, exc.reason)
+                await _send_quietly(stream, error_frame(exc.reason, exc.detail))
+                break
+            except C0Error as exc:  # the handler refused the request on purpose
+                await _send_quietly(stream, error_frame(exc.code, exc.message))
+                break
+            try:
+                await stream.write(reply)
+            except trio.BrokenResourceError:
+                break
+            self.served += 1
+            first = False
+        await stream.close()
+
+    async def _handle(self, payload: bytes, peer_id: str) -> bytes:
+        if is_control(payload):
+            raise PeerProtocolError("unexpected_type", "a request must be an envelope")
+        signed = open_envelope(
+            payload, now=_now_ms(), replay_guard=self.replay_guard, max_size=self.config.max_frame
+        )
+        if signer_peer(signed) != peer_id:
+            raise PeerProtocolError("wrong_signer", "the envelope is not signed by this peer")
+        handler = self.handlers.get(signed.message.TYPE)
+        if handler is None:
+            raise C0Error(f"no handler for {signed.message.TYPE}", code="unsupported")
+        try:
+            with trio.fail_after(self.config.handler_timeout_s):
+                reply = await handler(signed, peer_id)
+        except trio.TooSlowError:
+            raise C0Error("handler took too long", code="handler_timeout") from None
+        if reply is None:
+            return encode_control({"ok": True})
+        return encode_frame(seal(self.identity, reply, now=_now_ms()))
+
+    # ------------------------------------------------------------ client
+    async def request(
+        self,
+        peer_id: str,
+        envelope: bytes,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> SignedMessage | None:
+        """Send one envelope; return the signed reply (None for a plain ack).
+
+        Raises RemoteRefused (an error frame), PeerProtocolError (a bad reply; the peer
+        is penalised), RequestTimeout, or trio.BrokenResourceError (peer unreachable).
+        """
+        limit = self.config.request_timeout_s if timeout is None else timeout
+        try:
+            with trio.fail_after(limit):
+                return await self._request(peer_id, envelope)
+        except trio.TooSlowError:
+            raise RequestTimeout(f"no reply from {peer_id} within {limit:g} s") from None
+
+    async def _request(self, peer_id: str, envelope: bytes) -> SignedMessage | None:
+        frame = encode_frame(envelope)
+        for _attempt in range(2):
+            conn, reused = await self._checkout(peer_id)
+            try:
+                await conn.stream.write(frame)
+                # the caller's deadline bounds the wait for the reply (handlers may be slow)
+                payload = await conn.reader.read_frame(first_timeout=math.inf)
+            except trio.BrokenResourceError:
+                await conn.stream.reset()
+                if reused:
+                    continue  # the peer closed an idle stream; try a fresh one
+                raise
+            except BaseException:
+                await conn.stream.reset()
+                raise
+            if payload is None:
+                await conn.stream.reset()
+                if reused:
+                    continue
+                raise trio.BrokenResourceError(f"{peer_id} closed the stream without a reply")
+            try:
+                result = self._reply(payload, peer_id)
+            except BaseException:
+                await conn.stream.reset()
+                raise
+            conn.idle_since = trio.current_time()
+            self._idle[peer_id].append(conn)
+            return result
+        raise trio.BrokenResourceError(f"{peer_id} keeps closing streams")
+
+    def _reply(self, payload: bytes, peer_id: str) -> SignedMessage | None:
+        try:
+            if is_control(payload):
+                ctl = decode_control(payload)
+                if ctl.get("ok") is True:
+                    return None
+                if isinstance(ctl.get("error"), str):
+                    raise RemoteRefused(ctl["error"], str(ctl.get("detail", "")))
+                raise PeerProtocolError("malformed", "unknown control frame")
+            signed = open_envelope(
+                payload,
+                now=_now_ms(),
+                replay_guard=self.replay_guard,
+                max_size=self.config.max_frame,
+            )
+            if signer_peer(signed) != peer_id:
+                raise PeerProtocolError("wrong_signer", "reply not signed by the peer asked")
+        except PeerProtocolError as exc:
+            self.penalise(peer_id, exc.reason)
+            raise
+        return signed
+
+    async def _checkout(self, peer_id: str) -> tuple[_Conn, bool]:
+        idle = self._idle.get(peer_id)
+        max_idle = self.config.idle_timeout_s / 2  # leave before the server's idle timeout
+        while idle:
+            conn = idle.pop()
+            if trio.current_time() - conn.idle_since < max_idle:
+                return conn, True
+            await conn.stream.close()
+        stream = await self.open_stream(peer_id, NEGOTIATE_PROTOCOL)
+        reader = FrameReader(
+            stream, max_size=self.config.max_frame, read_timeout=self.config.read_timeout_s
+        )
+        return _Conn(stream, reader), False
+
+    async def forget_peer(self, peer_id: str) -> None:
+        """Drop pooled streams to a peer (it disconnected or was banned)."""
+        for conn in self._idle.pop(peer_id, []):
+            await conn.stream.reset()
+
+    async def aclose(self) -> None:
+        for peer in list(self._idle):
+            await self.forget_peer(peer)
+
+
+async def _send_quietly(stream: ByteStream, data: bytes) -> None:
+    with trio.move_on_after(1.0):
+        try:
+            await stream.write(data)
+        except trio.BrokenResourceError:
+            pass

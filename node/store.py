@@ -1,0 +1,244 @@
+"""The node's one SQLite database (WAL): peers, ads, jobs, the event log, the blob index.
+
+Every write commits before it returns (synchronous=FULL), so what a caller has been
+told is stored survives `kill -9` and power loss. Calls are short and synchronous.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from protocol.envelope import MAX_TTL_MS, SignedMessage, envelope_hash, open_envelope, seal
+from protocol.errors import LocalProtocolError
+from protocol.identity import Identity
+from protocol.messages import JobEvent
+
+__all__ = ["DB_FILE", "GENESIS", "EventLog", "JobRecord", "Store"]
+
+DB_FILE = "node.db"
+GENESIS = bytes(32)
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (
+    peer_id TEXT PRIMARY KEY, did TEXT, addrs TEXT NOT NULL DEFAULT '[]',
+    first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ads (
+    did TEXT PRIMARY KEY, peer_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    envelope BLOB NOT NULL, received_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id BLOB PRIMARY KEY, role TEXT NOT NULL, state TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}', created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id BLOB NOT NULL, hash BLOB NOT NULL UNIQUE,
+    prev BLOB NOT NULL, envelope BLOB NOT NULL, created_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 BLOB PRIMARY KEY, size INTEGER NOT NULL, added_ms INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS events_append_only_u BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_append_only_d BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the event log is append-only'); END;
+"""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRecord:
+    """A job as the lifecycle last wrote it: `data` is the lifecycle's own JSON."""
+
+    job_id: bytes
+    role: str  # "client" | "worker" | "verifier"
+    state: str
+    data: dict[str, Any]
+    created_ms: int
+    updated_ms: int
+
+
+class Store:
+    """One connection to the node database; single-threaded use (the trio thread)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(_SCHEMA)
+        self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------ meta
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------ peers
+    def upsert_peer(self, peer_id: str, addrs: list[str], did: str | None = None) -> None:
+        now = _now_ms()
+        self.db.execute(
+            "INSERT INTO peers (peer_id, did, addrs, first_seen_ms, last_seen_ms)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer_id) DO UPDATE SET"
+            " did=COALESCE(excluded.did, did), addrs=excluded.addrs,"
+            " last_seen_ms=excluded.last_seen_ms",
+            (peer_id, did, json.dumps(addrs), now, now),
+        )
+
+    def peers(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT peer_id, did, addrs, first_seen_ms, last_seen_ms FROM peers"
+            " ORDER BY last_seen_ms DESC"
+        ).fetchall()
+        return [
+            {
+                "peer_id": r[0],
+                "did": r[1],
+                "addrs": json.loads(r[2]),
+                "first_seen_ms": r[3],
+                "last_seen_ms": r[4],
+            }
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------ ads
+    def save_ad(
+        self, did: str, peer_id: str, seq: int, raw: bytes, received: int, expires: int
+    ) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO ads (did, peer_id, seq, envelope, received_ms, expires_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (did, peer_id, seq, raw, received, expires),
+        )
+
+    def ads(self, now_ms: int) -> list[tuple[str, bytes, int, int]]:
+        """(did, envelope, received_ms, expires_ms) of ads not yet expired."""
+        self.db.execute("DELETE FROM ads WHERE expires_ms <= ?", (now_ms,))
+        rows = self.db.execute("SELECT did, envelope, received_ms, expires_ms FROM ads").fetchall()
+        return [(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    # ------------------------------------------------------------ jobs
+    def put_job(self, job_id: bytes, *, role: str, state: str, data: dict[str, Any]) -> None:
+        """Create or update a job's record; committed when this returns."""
+        now = _now_ms()
+        self.db.execute(
+            "INSERT INTO jobs (job_id, role, state, data, created_ms, updated_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET"
+            " role=excluded.role, state=excluded.state, data=excluded.data,"
+            " updated_ms=excluded.updated_ms",
+            (job_id, role, state, json.dumps(data, sort_keys=True), now, now),
+        )
+
+    def get_job(self, job_id: bytes) -> JobRecord | None:
+        row = self.db.execute(
+            "SELECT job_id, role, state, data, created_ms, updated_ms FROM jobs WHERE job_id=?",
+            (job_id,),
+        ).fetchone()
+        return None if row is None else _job(row)
+
+    def jobs(self, state: str | None = None) -> list[JobRecord]:
+        sql = "SELECT job_id, role, state, data, created_ms, updated_ms FROM jobs"
+        args: tuple[Any, ...] = ()
+        if state is not None:
+            sql, args = sql + " WHERE state=?", (state,)
+        return [_job(r) for r in self.db.execute(sql + " ORDER BY created_ms", args)]
+
+    # ------------------------------------------------------------ blobs
+    def add_blob(self, sha256: bytes, size: int) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, added_ms) VALUES (?, ?, ?)",
+            (sha256, size, _now_ms()),
+        )
+
+    def blob_size(self, sha256: bytes) -> int | None:
+        row = self.db.execute("SELECT size FROM blobs WHERE sha256=?", (sha256,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def remove_blob(self, sha256: bytes) -> None:
+        self.db.execute("DELETE FROM blobs WHERE sha256=?", (sha256,))
+
+    def blob_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0])
+
+
+def _job(row: tuple[Any, ...]) -> JobRecord:
+    return JobRecord(bytes(row[0]), row[1], row[2], json.loads(row[3]), row[4], row[5])
+
+
+class EventLog:
+    """This node's append-only, hash-chained log of signed JobEvents."""
+
+    def __init__(self, store: Store, identity: Identity) -> None:
+        self.store = store
+        self.identity = identity
+
+    def head(self) -> bytes:
+        row = self.store.db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return GENESIS if row is None else bytes(row[0])
+
+    def append(self, event: JobEvent, *, now: int | None = None) -> bytes:
+        """Chain `event` onto the log (its `prev` is set here), sign, commit; return its hash."""
+        now = _now_ms() if now is None else now
+        with self.store.transaction() as db:
+            prev = self.head()
+            chained = dataclasses.replace(event, prev=prev)
+            raw = seal(self.identity, chained, now=now, ttl_ms=MAX_TTL_MS)
+            digest = envelope_hash(raw)
+            db.execute(
+                "INSERT INTO events (job_id, hash, prev, envelope, created_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (chained.job_id, digest, prev, raw, now),
+            )
+        return digest
+
+    def events(self, job_id: bytes | None = None) -> list[SignedMessage]:
+        sql = "SELECT envelope, created_ms FROM events"
+        args: tuple[Any, ...] = ()
+        if job_id is not None:
+            sql, args = sql + " WHERE job_id=?", (job_id,)
+        rows = self.store.db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [open_envelope(bytes(r[0]), now=r[1]) for r in rows]
+
+    def verify_chain(self) -> int:
+        """Check every link; return the number of events, or raise LocalProtocolError."""
+        prev = GENESIS
+        count = 0
+        for raw, stored_prev, stored_hash, created in self.store.db.execute(
+            "SELECT envelope, prev, hash, created_ms FROM events ORDER BY seq"
+        ):
+            signed = open_envelope(bytes(raw), now=created)
+            event = signed.message
+            if not isinstance(event, JobEvent) or event.prev != prev or bytes(stored_prev) != prev:
+                raise LocalProtocolError(f"event log broken at event {count}")
+            if envelope_hash(bytes(raw)) != bytes(stored_hash):
+                raise LocalProtocolError(f"event log hash mismatch at event {count}")
+            prev = bytes(stored_hash)
+            count += 1
+        return count
