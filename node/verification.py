@@ -1,0 +1,268 @@
+"""Run the verification checks of protocol.verify on a result folder (the I/O half)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from node.executors.errors import ExecutorError
+from node.executors.manifest import MANIFEST_NAME, hash_file, read_manifest
+from protocol.jobs import JobTemplate
+from protocol.verify import (
+    Check,
+    PlaylistError,
+    Report,
+    SamplingPolicy,
+    check_artifact_hashes,
+    check_generation,
+    check_manifest_schema,
+    check_noop,
+    check_probe,
+    check_psnr,
+    check_segments,
+    check_teacher_forced,
+    check_thumbnail,
+    check_transcode,
+    compare_exact,
+    fail,
+    parse_playlist,
+    passed,
+    skipped,
+)
+from protocol.verify.manifest import ARTIFACT_NAME
+
+__all__ = ["verify_result"]
+
+_MAX_JSON = 16 << 20
+
+
+def _observed(folder: Path, manifest: Mapping[str, Any]) -> dict[str, tuple[str, int] | None]:
+    seen: dict[str, tuple[str, int] | None] = {}
+    for item in manifest["artifacts"]:
+        name = str(item["name"])
+        path = folder / name
+        ok = ARTIFACT_NAME.match(name) and path.is_file() and not path.is_symlink()
+        seen[name] = hash_file(path) if ok else None
+    return seen
+
+
+def _read_json(path: Path) -> Any:
+    if path.stat().st_size > _MAX_JSON:
+        raise ValueError(f"{path.name} is too large")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _probe(path: Path | bytes, what: str) -> dict[str, Any] | Check:
+    from node.media_probe import probe_media
+
+    try:
+        return probe_media(path, what=what)
+    except ExecutorError as exc:
+        return fail("probe", f"{what}: {exc.message}")
+
+
+def verify_result(
+    template: JobTemplate,
+    folder: Path,
+    *,
+    inputs: Mapping[str, Path] | None = None,
+    compare: Path | None = None,
+) -> Report:
+    """Every check that applies to this job class. `inputs` (e.g. the source or the
+    model) enables the checks that need them; `compare` is a second worker's result
+    folder for the same job (exact match on equal runtimes, PSNR otherwise)."""
+    inputs = dict(inputs or {})
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ValueError) as exc:
+        return Report.of([fail("manifest", f"cannot read {MANIFEST_NAME}: {exc}")])
+    checks = check_manifest_schema(manifest, job_class=template.job_class)
+    if checks[-1].status == "fail":
+        return Report.of(checks)
+    checks.append(_check_spec(template, manifest))
+    params = dict(manifest["spec"]["params"])
+    artifacts = manifest["artifacts"]
+    if artifacts:
+        checks.append(check_artifact_hashes(artifacts, _observed(folder, manifest)))
+        if checks[-1].status == "fail":
+            return Report.of(checks)
+    names = [str(a["name"]) for a in artifacts]
+    cls = template.job_class
+    try:
+        if cls == "noop":
+            checks.append(check_noop(params, artifacts))
+        elif cls == "llm.generate":
+            checks += _verify_llm(params, manifest, inputs.get("model"), compare)
+        else:
+            checks += _verify_media(cls, params, folder, names, inputs.get("source"), compare)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        checks.append(fail("result", f"unreadable result: {exc}"))
+    return Report.of(checks)
+
+
+def _check_spec(template: JobTemplate, manifest: Mapping[str, Any]) -> Check:
+    from node.executors.manifest import spec_from_json
+
+    try:
+        spec = spec_from_json(manifest["spec"])
+    except Exception as exc:
+        return fail("job", f"the manifest's job spec is invalid: {exc}")
+    if spec.job_id_text != manifest["job_id"]:
+        return fail("job", "job_id is not the hash of the manifest's job spec")
+    if dict(spec.params) != dict(template.params):
+        return fail("job", "the result is for other parameters than --job gives")
+    for name, ref in template.inputs.items():
+        if ref is not None and spec.inputs.get(name) != ref:
+            return fail("job", f"input {name!r} differs from the job's")
+    return passed("job", f"job {spec.job_id_text} with the requested parameters")
+
+
+def _source_probe(source: Path | None) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    probe = _probe(source, "source")
+    return probe if isinstance(probe, dict) else None
+
+
+def _verify_media(
+    cls: str,
+    params: Mapping[str, Any],
+    folder: Path,
+    names: list[str],
+    source_path: Path | None,
+    compare: Path | None,
+) -> list[Check]:
+    source = _source_probe(source_path)
+    checks: list[Check] = []
+    if source_path is not None and source is None:
+        return [fail("source", "the given source is not readable media")]
+    if source is None:
+        checks.append(skipped("source", "no --input source given: source-relative checks skipped"))
+    if cls == "media.probe":
+        return checks + check_probe(_read_json(folder / "probe.json"), source)
+    if cls == "media.thumbnail":
+        image = [n for n in names if n.startswith("thumbnail.")]
+        if len(image) != 1:
+            return [*checks, fail("image", "no thumbnail artifact")]
+        probe = _probe(folder / image[0], "thumbnail")
+        if not isinstance(probe, dict):
+            return [*checks, probe]
+        return checks + check_thumbnail(params, probe, source)
+    if cls == "media.segment":
+        if "segments.json" not in names:
+            return [*checks, fail("listing", "no segments.json")]
+        listing = _read_json(folder / "segments.json")
+        probes: list[dict[str, Any]] = []
+        for name in sorted(n for n in names if n != "segments.json"):
+            probe = _probe(folder / name, name)
+            if not isinstance(probe, dict):
+                return [*checks, probe]
+            probes.append(probe)
+        return checks + check_segments(params, listing, probes, names, source)
+    return checks + _verify_transcode(params, folder, names, source, compare)
+
+
+def _rendition(folder: Path, names: list[str]) -> tuple[Any, list[bytes | Path]]:
+    """The parsed playlist and each segment as something PyAV can open by itself."""
+    playlist_name = "index.m3u8"
+    if playlist_name not in names:
+        raise ValueError("no index.m3u8 artifact")
+    playlist = parse_playlist((folder / playlist_name).read_text(encoding="utf-8"))
+    init = (folder / playlist.init).read_bytes() if playlist.init in names else None
+    segments: list[bytes | Path] = []
+    for uri, _ in playlist.segments:
+        if uri not in names:
+            break  # the references check reports it
+        path = folder / uri
+        segments.append(path if init is None else init + path.read_bytes())
+    return playlist, segments
+
+
+def _verify_transcode(
+    params: Mapping[str, Any],
+    folder: Path,
+    names: list[str],
+    source: dict[str, Any] | None,
+    compare: Path | None,
+) -> list[Check]:
+    try:
+        playlist, segments = _rendition(folder, names)
+    except (PlaylistError, ValueError) as exc:
+        return [fail("playlist", str(exc))]
+    checks = [passed("playlist", f"VOD playlist, {len(playlist.segments)} segment(s)")]
+    probes: list[dict[str, Any]] = []
+    for i, segment in enumerate(segments):
+        probe = _probe(segment, f"segment {i}")
+        if not isinstance(probe, dict):
+            return [*checks, probe]
+        probes.append(probe)
+    checks += check_transcode(params, playlist, "index.m3u8", probes, names, source)
+    if compare is not None:
+        checks.append(_compare_renditions(folder, compare, segments))
+    return checks
+
+
+def _compare_renditions(folder: Path, other: Path, segments: list[bytes | Path]) -> Check:
+    from node.media_probe import frame_psnr
+
+    mine, theirs = read_manifest(folder), read_manifest(other)
+    if mine["runtime"] == theirs["runtime"]:
+        a = sorted((x["name"], x["sha256"]) for x in mine["artifacts"])
+        b = sorted((x["name"], x["sha256"]) for x in theirs["artifacts"])
+        if a == b:
+            return passed("exact_match", "same runtime fingerprint, identical artifacts")
+        return fail("exact_match", "same runtime fingerprint but different artifacts")
+    names = [str(x["name"]) for x in theirs["artifacts"]]
+    try:
+        _, their_segments = _rendition(other, names)
+        values: list[float] = []
+        if len(their_segments) != len(segments):
+            return fail("psnr", "the renditions have different segment counts")
+        for a_seg, b_seg in zip(segments, their_segments, strict=True):
+            values += frame_psnr(a_seg, b_seg)
+    except (PlaylistError, ValueError, OSError) as exc:
+        return fail("psnr", f"cannot compare: {exc}")
+    except ExecutorError as exc:
+        return fail("psnr", exc.message)
+    return check_psnr(values)
+
+
+def _verify_llm(
+    params: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    model: Path | None,
+    compare: Path | None,
+) -> list[Check]:
+    checks = check_generation(params, manifest)
+    if any(c.status == "fail" for c in checks):
+        return checks
+    output = manifest["output"]
+    if compare is not None:
+        checks.append(compare_exact(params, manifest, read_manifest(compare)))
+    if model is None:
+        checks.append(skipped("teacher_forced", "no --input model given"))
+        return checks
+    from node.llm_check import score_completion
+
+    try:
+        scores = score_completion(
+            model, params, output["tokens"], include_eos=output["finish_reason"] == "eos"
+        )
+    except ExecutorError as exc:
+        return [*checks, fail("teacher_forced", exc.message)]
+    text = scores.detokenized.decode("utf-8", errors="replace")
+    if output["finish_reason"] == "stop" and not text.startswith(output["text"]):
+        checks.append(fail("text", "text is not the start of the decoded tokens"))
+    elif output["finish_reason"] != "stop" and text != output["text"]:
+        checks.append(fail("text", "text is not the decoded tokens"))
+    else:
+        checks.append(passed("text", "text matches the tokens"))
+    if scores.prompt_tokens != manifest["metrics"].get("prompt_tokens"):
+        checks.append(fail("prompt", "prompt token count differs from the model's tokenizer"))
+    n = len(scores.positions)
+    checks.append(
+        check_teacher_forced(SamplingPolicy.from_params(params), scores.positions, n_claimed=n)
+    )
+    return checks
