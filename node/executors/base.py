@@ -30,7 +30,16 @@ __all__ = ["ChildProcessExecutor", "Execution", "ExecutionRequest", "ExecutionRe
 
 SCRATCH_NAME = ".tmp"
 _STDERR_TAIL = 16 * 1024
-_OOM_HINTS = ("bad_alloc", "cannot allocate memory", "failed to allocate", "out of memory")
+_OOM_HINTS = (
+    "bad_alloc",
+    "cannot allocate memory",
+    "failed to allocate",
+    "out of memory",
+    "memory allocation",
+    "insufficient memory",
+    "memory exhausted",
+    "mem_buffer != null",  # ggml's assertion when its context buffer cannot be allocated
+)
 
 
 @dataclass(frozen=True)
@@ -375,6 +384,8 @@ class ChildProcessExecutor(Executor):
             if returncode == -signal.SIGKILL or any(h in lowered for h in _OOM_HINTS):
                 return "out_of_memory", f"child killed by {sig} (memory exhausted)"
             return "crashed", f"child died from {sig}: {_last_line(stderr_tail)}"
+        if any(h in lowered for h in _OOM_HINTS):
+            return "out_of_memory", f"child exited {returncode}: {_last_line(stderr_tail)}"
         return "internal_error", f"child exited {returncode} without a result: " + _last_line(
             stderr_tail
         )

@@ -38,7 +38,7 @@ def main() -> int:
     request = json.loads(sys.stdin.buffer.read())
 
     from node.executors.errors import ExecutorError
-    from node.executors.sandbox import OutputFolder, apply_limits
+    from node.executors.sandbox import OutputFolder, apply_limits, near_memory_limit
 
     limits = request["limits"]
     apply_limits(memory_mb=limits["memory_mb"], cpu_s=limits["cpu_s"], cpus=limits["cpus"])
@@ -76,6 +76,8 @@ def main() -> int:
     except Exception as exc:
         traceback.print_exc()
         failed = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
+    if failed["code"] in ("invalid_input", "internal_error") and near_memory_limit():
+        failed = {"code": "out_of_memory", "message": f"near the memory limit: {failed['message']}"}
     _send(channel, {"runtime": runtime, "usage": _usage(cpu0), "failed": failed})
     return 3
 

@@ -50,6 +50,10 @@ def load_model(path: Path, *, n_ctx: int, threads: int, seed: int, **kwargs: Any
             **kwargs,
         )
     except (ValueError, RuntimeError) as exc:
+        if "context" in str(exc):  # the model loaded; its KV cache and buffers did not fit
+            raise ExecutorError(
+                "out_of_memory", f"cannot allocate a context of {n_ctx} tokens: {exc}"
+            ) from None
         raise ExecutorError("invalid_input", f"model does not load: {exc}") from None
 
 

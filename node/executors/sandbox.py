@@ -10,7 +10,13 @@ from pathlib import Path
 
 from node.executors.errors import ExecutorError
 
-__all__ = ["ARTIFACT_NAME", "OutputFolder", "apply_limits", "child_environment"]
+__all__ = [
+    "ARTIFACT_NAME",
+    "OutputFolder",
+    "apply_limits",
+    "child_environment",
+    "near_memory_limit",
+]
 
 # Artifacts are flat files with plain names: no separators, no "..", no hidden files.
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -34,6 +40,7 @@ def child_environment(base: Mapping[str, str], *, threads: int, scratch: Path) -
             # would turn threads into false out-of-memory failures.
             "MALLOC_ARENA_MAX": "2",
             "SVT_LOG": "1",  # SVT-AV1: errors only
+            "GGML_NO_BACKTRACE": "1",  # ggml would otherwise start gdb on an abort
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONNOUSERSITE": "1",
         }
@@ -50,6 +57,23 @@ def apply_limits(*, memory_mb: int, cpu_s: int, cpus: list[int] | None) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if cpus:
         os.sched_setaffinity(0, cpus)
+
+
+def near_memory_limit(fraction: float = 0.8) -> bool:
+    """Did this process's address space peak close to its RLIMIT_AS? A library that
+    reports an allocation failure as a generic error is then out of memory, not fed bad
+    input."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return False
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) * 1024 >= fraction * limit
+    except OSError:
+        pass
+    return False
 
 
 class OutputFolder:
