@@ -320,6 +320,7 @@ class Offer(Message):
     chain_id: int
     escrow: str  # contract address
     arbiter: str  # Ethereum address named in the terms
+    client_eth: str  # the client's Ethereum address (the payer; stake locks go to it)
     input_providers: tuple[str, ...]  # PeerIDs that hold the inputs
 
     def _check(self) -> None:
@@ -329,7 +330,11 @@ class Offer(Message):
         _require(1 <= self.redundancy <= 16, "offer.redundancy", "must be 1..16")
         _require(self.max_price >= 0, "offer.max_price", "negative")
         _require(self.commit_deadline <= self.deadline, "offer", "commit after deadline")
-        _require(_is_eth(self.escrow) and _is_eth(self.arbiter), "offer", "bad address")
+        _require(
+            _is_eth(self.escrow) and _is_eth(self.arbiter) and _is_eth(self.client_eth),
+            "offer",
+            "bad address",
+        )
         _require(len(self.input_providers) <= 16, "offer.input_providers", "too many")
 
 
@@ -379,6 +384,8 @@ class Assignment(Message):
     workers: tuple[str, ...]  # DIDs of all K workers of this attempt, in slot order
     payouts: tuple[int, ...]  # wei per worker, in slot order
     terms_hash: bytes  # keccak of the escrow terms (spec/settlement.md)
+    chain_job_id: bytes  # the escrow key of this attempt
+    terms: dict[str, Any]  # the full escrow terms, so the worker can check and claim
     escrow_tx: bytes  # transaction that opened the escrow (empty if not on chain yet)
 
     def _check(self) -> None:
@@ -388,6 +395,7 @@ class Assignment(Message):
         _require(len(set(self.workers)) == len(self.workers), "assignment", "duplicate worker")
         _require(all(p >= 0 for p in self.payouts), "assignment.payouts", "negative")
         _require(len(self.terms_hash) == 32, "assignment.terms_hash", "not 32 bytes")
+        _require(len(self.chain_job_id) == 32, "assignment.chain_job_id", "not 32 bytes")
 
 
 @dataclass(frozen=True)
@@ -444,7 +452,7 @@ class ResultReveal(Message):
     job_id: bytes
     attempt: int
     manifest: dict[str, Any]
-    result_hash: bytes  # SHA-256 of the canonical CBOR of `manifest`
+    result_hash: bytes  # protocol.results.result_digest(manifest)
     salt: bytes
 
     def _check(self) -> None:

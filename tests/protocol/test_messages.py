@@ -65,6 +65,8 @@ def samples() -> list[Message]:
             workers=(BOB.did, ALICE.did),
             payouts=(5, 5),
             terms_hash=H,
+            chain_job_id=H,
+            terms={"job_id": H.hex()},
             escrow_tx=b"",
         ),
         Accept(job_id=JOB, attempt=1, terms_hash=H),

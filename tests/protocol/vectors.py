@@ -63,6 +63,7 @@ def sample_offer(client: Identity) -> Offer:
         chain_id=31337,
         escrow="0x" + "5f" * 20,
         arbiter="0x" + "a1" * 20,
+        client_eth=client.eth_address,
         input_providers=(client.peer_id,),
     )
 
