@@ -1,0 +1,160 @@
+"""/c0/blob/1.0.0 on memory streams: transfer, resume, hash mismatch, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from node.blobstore import BlobStore
+from node.config import BlobConfig
+from node.net.blobs import BlobService
+from node.net.framing import encode_control, encode_frame
+from node.net.negotiate import RemoteRefused
+from node.net.streams import ByteStream, TrioByteStream
+from node.store import Store
+from protocol.errors import PeerProtocolError
+from tests.net.conftest import Penalties
+
+SERVER, CLIENT = "12D3KooWServer", "12D3KooWClient"
+
+
+def service(tmp: Path, name: str, config: BlobConfig, dial, penalties: Penalties) -> BlobService:  # type: ignore[no-untyped-def]
+    store = Store(tmp / name / "node.db")
+    return BlobService(BlobStore(tmp / name / "blobs", store), config, dial, penalties)
+
+
+class Net:
+    def __init__(self, nursery: trio.Nursery, tmp: Path, config: BlobConfig | None = None) -> None:
+        self.nursery = nursery
+        self.config = config or BlobConfig(chunk_size=4096)
+        self.server_penalties = Penalties()
+        self.client_penalties = Penalties()
+        self.server = service(tmp, "s", self.config, self._no_dial, self.server_penalties)
+        self.client = service(tmp, "c", self.config, self._dial, self.client_penalties)
+        self.serve = self.server.serve_stream  # replaced by fakes in some tests
+
+    async def _no_dial(self, peer: str, protocol: str) -> ByteStream:
+        raise trio.BrokenResourceError("no")
+
+    async def _dial(self, peer: str, protocol: str) -> ByteStream:
+        a, b = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self.serve, TrioByteStream(b), CLIENT)
+        return TrioByteStream(a)
+
+
+async def test_fetch_verifies_and_stores(nursery: trio.Nursery, tmp_path: Path) -> None:
+    net = Net(nursery, tmp_path)
+    data = os.urandom(100_000)
+    sha = net.server.put_bytes(data)
+    dest = tmp_path / "out.bin"
+    await net.client.fetch(SERVER, sha, len(data), dest)
+    assert dest.read_bytes() == data
+    assert net.client.has(sha)
+    assert net.server.bytes_served == len(data)
+    # a second fetch is served from the local store: no transfer
+    await net.client.fetch(SERVER, sha, len(data))
+    assert net.server.bytes_served == len(data)
+
+
+async def test_empty_blob(nursery: trio.Nursery, tmp_path: Path) -> None:
+    net = Net(nursery, tmp_path)
+    sha = net.server.put_bytes(b"")
+    path = await net.client.fetch(SERVER, sha, 0)
+    assert path.read_bytes() == b""
+
+
+async def test_not_found(nursery: trio.Nursery, tmp_path: Path) -> None:
+    net = Net(nursery, tmp_path)
+    with pytest.raises(RemoteRefused) as err:
+        await net.client.fetch(SERVER, bytes(32), 10)
+    assert err.value.reason == "not_found"
+    assert net.server_penalties.calls == net.client_penalties.calls == []
+
+
+async def test_resume_after_interruption(nursery: trio.Nursery, tmp_path: Path) -> None:
+    net = Net(nursery, tmp_path)
+    data = os.urandom(50_000)
+    sha = net.server.put_bytes(data)
+
+    async def cut_after_first_chunks(stream: ByteStream, peer: str) -> None:
+        reader_data = await stream.read(1000)
+        assert reader_data
+        await stream.write(encode_control({"size": len(data), "offset": 0}))
+        await stream.write(encode_frame(data[:4096]) + encode_frame(data[4096:8192]))
+        await stream.reset()
+
+    net.serve = cut_after_first_chunks
+    with pytest.raises(trio.BrokenResourceError):
+        await net.client.fetch(SERVER, sha, len(data))
+    part = net.client.store.partial_path(sha)
+    assert part.stat().st_size == 8192
+    net.serve = net.server.serve_stream
+    path = await net.client.fetch(SERVER, sha, len(data))
+    assert path.read_bytes() == data
+    assert net.server.bytes_served == len(data) - 8192  # only the rest was sent
+    assert not part.exists()
+
+
+async def test_bytes_not_matching_the_hash(nursery: trio.Nursery, tmp_path: Path) -> None:
+    net = Net(nursery, tmp_path)
+    data = os.urandom(20_000)
+    sha = net.server.put_bytes(data)
+    # corrupt the served file behind the store's back
+    path = net.server.path_of(sha)
+    path.write_bytes(b"\x00" + data[1:])
+    with pytest.raises(PeerProtocolError) as err:
+        await net.client.fetch(SERVER, sha, len(data))
+    assert err.value.reason == "hash_mismatch"
+    assert net.client_penalties.reasons(SERVER) == ["hash_mismatch"]
+    assert not net.client.has(sha)
+    assert not net.client.store.partial_path(sha).exists()  # untrusted bytes dropped
+
+
+async def test_peer_sending_more_than_asked(nursery: trio.Nursery, tmp_path: Path) -> None:
+    net = Net(nursery, tmp_path)
+    sha = hashlib.sha256(b"abc").digest()
+
+    async def overfeed(stream: ByteStream, peer: str) -> None:
+        await stream.read(1000)
+        await stream.write(encode_control({"size": 3, "offset": 0}))
+        await stream.write(encode_frame(b"abcdef") + b"\x00")
+
+    net.serve = overfeed
+    with pytest.raises(PeerProtocolError) as err:
+        await net.client.fetch(SERVER, sha, 3)
+    assert err.value.reason == "oversized"
+    assert net.client_penalties.reasons(SERVER) == ["oversized"]
+
+
+async def test_malformed_request_is_penalised(nursery: trio.Nursery, tmp_path: Path) -> None:
+    net = Net(nursery, tmp_path)
+    stream = await net._dial(SERVER, "")
+    await stream.write(encode_control({"get": b"short", "offset": 0}))
+    reply = await stream.read(1000)
+    assert b"malformed" in reply
+    assert await stream.read(100) == b""
+    assert net.server_penalties.reasons(CLIENT) == ["malformed"]
+    # and serves the next request normally
+    sha = net.server.put_bytes(b"hello")
+    assert (await net.client.fetch(SERVER, sha, 5)).read_bytes() == b"hello"
+
+
+async def test_blob_stream_never_written(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = Net(nursery, tmp_path, BlobConfig(read_timeout_s=2))
+    stream = await net._dial(SERVER, "")
+    reply = await stream.read(1000)
+    assert b"timeout" in reply
+    assert net.server_penalties.reasons(CLIENT) == ["timeout"]
+
+
+async def test_size_limit(nursery: trio.Nursery, tmp_path: Path) -> None:
+    net = Net(nursery, tmp_path, BlobConfig(max_blob_size=1000))
+    with pytest.raises(ValueError, match="outside"):
+        await net.client.fetch(SERVER, bytes(32), 1001)

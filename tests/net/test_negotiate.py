@@ -1,0 +1,265 @@
+"""/c0/negotiate/1.0.0 on memory streams: round trips, and every kind of bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import trio
+import trio.testing
+
+from node.config import NegotiateConfig
+from node.net.framing import FrameReader, decode_control, encode_frame, is_control
+from node.net.negotiate import Negotiator, RemoteRefused, RequestTimeout
+from node.net.streams import ByteStream, TrioByteStream
+from protocol import codec
+from protocol.envelope import SignedMessage, seal
+from protocol.messages import Decline, Message
+from tests.net.conftest import JOB_ID, Penalties, heartbeat, ident, now_ms
+
+SERVER, CLIENT, OTHER = ident(1), ident(2), ident(3)
+
+
+class Pair:
+    """A server negotiator and client negotiators that reach it over memory streams."""
+
+    def __init__(self, nursery: trio.Nursery, config: NegotiateConfig | None = None) -> None:
+        self.nursery = nursery
+        self.config = config or NegotiateConfig()
+        self.server_penalties = Penalties()
+        self.server = Negotiator(SERVER, self.config, self._no_dial, self.server_penalties)
+        self.client_penalties = Penalties()
+
+    async def _no_dial(self, peer: str, protocol: str) -> ByteStream:
+        raise trio.BrokenResourceError("the server does not dial")
+
+    def client(self, identity=CLIENT) -> Negotiator:  # type: ignore[no-untyped-def]
+        async def dial(peer: str, protocol: str) -> ByteStream:
+            return self.raw(identity.peer_id)
+
+        return Negotiator(identity, self.config, dial, self.client_penalties)
+
+    def raw(self, as_peer: str) -> TrioByteStream:
+        """A stream into the server, as if from `as_peer`."""
+        a, b = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self.server.serve_stream, TrioByteStream(b), as_peer)
+        return TrioByteStream(a)
+
+
+async def decline_handler(signed: SignedMessage, peer: str) -> Message | None:
+    return Decline(job_id=JOB_ID, attempt=1, reason="busy", detail=peer[:20])
+
+
+async def read_reply(stream: ByteStream) -> dict[str, object]:
+    payload = await FrameReader(stream, max_size=1 << 20, read_timeout=5).read_frame()
+    assert payload is not None
+    assert is_control(payload)
+    return decode_control(payload)
+
+
+async def assert_closed(stream: ByteStream) -> None:
+    assert await stream.read(100) == b""
+
+
+async def still_serves(pair: Pair) -> None:
+    """The node keeps serving everyone else."""
+    reply = await pair.client(OTHER).request(SERVER.peer_id, seal(OTHER, heartbeat(), now=now_ms()))
+    assert reply is not None
+    assert reply.message.TYPE == "decline"
+
+
+async def test_round_trip_and_stream_reuse(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", decline_handler)
+    client = pair.client()
+    for _ in range(5):
+        reply = await client.request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()))
+        assert reply is not None
+        assert reply.sender == SERVER.did
+        assert isinstance(reply.message, Decline)
+    assert pair.server.served == 5
+    assert len(client._idle[SERVER.peer_id]) == 1  # one stream carried all five
+
+
+async def test_handler_without_reply_acks(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery)
+    seen: list[str] = []
+
+    async def record(signed: SignedMessage, peer: str) -> None:
+        seen.append(peer)
+
+    pair.server.on("heartbeat", record)
+    assert (
+        await pair.client().request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms())) is None
+    )
+    assert seen == [CLIENT.peer_id]
+
+
+async def test_type_without_handler_is_refused_without_penalty(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery)
+    with pytest.raises(RemoteRefused) as err:
+        await pair.client().request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()))
+    assert err.value.reason == "unsupported"
+    assert pair.server_penalties.calls == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\x00garbage", "non_canonical"),
+        (b"\x84\x41", "truncated"),
+        (codec.encode([1, 2, 3]), "malformed"),
+        (b"\xa1\x61x\x01", "unexpected_type"),  # a control map where an envelope belongs
+    ],
+)
+async def test_malformed_frames(nursery: trio.Nursery, payload: bytes, reason: str) -> None:
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", decline_handler)
+    stream = pair.raw(CLIENT.peer_id)
+    await stream.write(encode_frame(payload))
+    reply = await read_reply(stream)
+    assert reply["error"] == reason
+    await assert_closed(stream)
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == [reason]
+    await still_serves(pair)
+
+
+async def test_oversized_frame(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery, NegotiateConfig(max_frame=1000))
+    pair.server.on("heartbeat", decline_handler)
+    stream = pair.raw(CLIENT.peer_id)
+    await stream.write(encode_frame(b"\x84" + b"\x00" * 5000))
+    reply = await read_reply(stream)
+    assert reply["error"] == "oversized"
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["oversized"]
+    await still_serves(pair)
+
+
+async def test_bad_signature(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", decline_handler)
+    env = bytearray(seal(CLIENT, heartbeat(), now=now_ms()))
+    env[-1] ^= 0x01  # flip a bit of the signature
+    with pytest.raises(RemoteRefused) as err:
+        await pair.client().request(SERVER.peer_id, bytes(env))
+    assert err.value.reason == "bad_signature"
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["bad_signature"]
+    await still_serves(pair)
+
+
+async def test_envelope_signed_by_someone_else(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", decline_handler)
+    with pytest.raises(RemoteRefused) as err:
+        await pair.client().request(SERVER.peer_id, seal(OTHER, heartbeat(), now=now_ms()))
+    assert err.value.reason == "wrong_signer"
+
+
+async def test_replayed_message(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", decline_handler)
+    env = seal(CLIENT, heartbeat(), now=now_ms())
+    client = pair.client()
+    await client.request(SERVER.peer_id, env)
+    with pytest.raises(RemoteRefused) as err:
+        await client.request(SERVER.peer_id, env)
+    assert err.value.reason == "replayed"
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["replayed"]
+    await still_serves(pair)
+
+
+async def test_expired_message(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", decline_handler)
+    env = seal(CLIENT, heartbeat(), now=now_ms() - 120_000, ttl_ms=60_000)
+    with pytest.raises(RemoteRefused) as err:
+        await pair.client().request(SERVER.peer_id, env)
+    assert err.value.reason == "expired"
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["expired"]
+    await still_serves(pair)
+
+
+async def test_unknown_message_type(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", decline_handler)
+    # A correctly signed envelope whose payload names a type c0 does not know.
+    msg = heartbeat()
+    fake = dataclasses.make_dataclass("Fake", [], bases=(type(msg),), frozen=True)
+    fake.TYPE = "teleport"  # type: ignore[attr-defined]
+    env = seal(CLIENT, fake(**dataclasses.asdict(msg)), now=now_ms())
+    with pytest.raises(RemoteRefused) as err:
+        await pair.client().request(SERVER.peer_id, env)
+    assert err.value.reason == "unknown_type"
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["unknown_type"]
+    await still_serves(pair)
+
+
+async def test_stream_opened_and_never_written(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    pair = Pair(nursery, NegotiateConfig(first_frame_timeout_s=3))
+    pair.server.on("heartbeat", decline_handler)
+    stream = pair.raw(CLIENT.peer_id)
+    start = trio.current_time()
+    reply = await read_reply(stream)
+    assert reply["error"] == "timeout"
+    assert trio.current_time() - start == pytest.approx(3)
+    await assert_closed(stream)
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["timeout"]
+    await still_serves(pair)
+
+
+async def test_idle_reused_stream_closes_without_penalty(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    pair = Pair(nursery, NegotiateConfig(idle_timeout_s=4))
+    pair.server.on("heartbeat", decline_handler)
+    client = pair.client()
+    await client.request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()))
+    await trio.sleep(10)  # virtual time: the server's idle timeout passes
+    assert pair.server_penalties.calls == []
+    # the pooled stream is stale; the client opens a fresh one transparently
+    assert await client.request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()))
+
+
+async def test_too_many_streams_from_one_peer(nursery: trio.Nursery) -> None:
+    pair = Pair(nursery, NegotiateConfig(max_streams_per_peer=2))
+    pair.server.on("heartbeat", decline_handler)
+    held = [pair.raw(CLIENT.peer_id) for _ in range(2)]
+    await trio.testing.wait_all_tasks_blocked()
+    third = pair.raw(CLIENT.peer_id)
+    reply = await read_reply(third)
+    assert reply["error"] == "busy"
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["busy"]
+    await still_serves(pair)
+    assert held
+
+
+async def test_request_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    pair = Pair(nursery)
+
+    async def slow(signed: SignedMessage, peer: str) -> None:
+        await trio.sleep(100)
+
+    pair.server.on("heartbeat", slow)
+    with pytest.raises(RequestTimeout):
+        await pair.client().request(
+            SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()), timeout=2
+        )
+
+
+async def test_bad_reply_penalises_the_server(nursery: trio.Nursery) -> None:
+    """The client side checks replies too: a reply signed by another key is refused."""
+    pair = Pair(nursery)
+
+    async def forged(signed: SignedMessage, peer: str) -> Message:
+        return Decline(job_id=JOB_ID, attempt=1, reason="busy", detail="")
+
+    pair.server.on("heartbeat", forged)
+    pair.server.identity = OTHER  # the server signs replies with the wrong key
+    with pytest.raises(Exception) as err:
+        await pair.client().request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()))
+    assert getattr(err.value, "reason", "") == "wrong_signer"
+    assert pair.client_penalties.reasons(SERVER.peer_id) == ["wrong_signer"]

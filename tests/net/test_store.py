@@ -1,0 +1,86 @@
+"""Persistence: the event log's hash chain, job records, config round trip."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from node.config import NodeConfig, config_from_dict, load_config, render_config
+from node.store import GENESIS, EventLog, Store
+from protocol.envelope import envelope_hash
+from protocol.errors import UserError
+from protocol.messages import JobEvent
+from tests.net.conftest import JOB_ID, ident, now_ms
+
+
+def event(state: str, job_id: bytes = JOB_ID) -> JobEvent:
+    return JobEvent(
+        job_id=job_id,
+        attempt=1,
+        state=state,
+        worker_did=None,
+        artifact_hash=None,
+        duration_ms=None,
+        exit_code=None,
+        timestamp=now_ms(),
+        prompt_hash=None,
+        prev=bytes(32),
+        detail={},
+    )
+
+
+def test_event_log_chains_and_survives_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    log = EventLog(store, ident(1))
+    other_job = b"\x12\x20" + bytes(32)
+    h1 = log.append(event("requested"))
+    h2 = log.append(event("requested", other_job))
+    h3 = log.append(event("funded"))
+    store.close()
+    log = EventLog(Store(tmp_path / "node.db"), ident(1))
+    assert log.head() == h3
+    assert log.verify_chain() == 3
+    mine = log.events(JOB_ID)
+    assert [e.message.state for e in mine] == ["requested", "funded"]  # type: ignore[attr-defined]
+    assert mine[0].message.prev == GENESIS  # type: ignore[attr-defined]
+    assert mine[1].message.prev == h2  # type: ignore[attr-defined]
+    assert envelope_hash(mine[0].raw) == h1
+
+
+def test_event_log_is_append_only(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    EventLog(store, ident(1)).append(event("requested"))
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store.db.execute("DELETE FROM events")
+
+
+def test_jobs_table(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    store.put_job(JOB_ID, role="client", state="requested", data={"k": 1})
+    store.put_job(JOB_ID, role="client", state="funded", data={"k": 2})
+    record = store.get_job(JOB_ID)
+    assert record is not None
+    assert (record.state, record.data) == ("funded", {"k": 2})
+    assert [j.job_id for j in store.jobs("funded")] == [JOB_ID]
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_config_template_round_trips(tmp_path: Path) -> None:
+    text = render_config()
+    assert text.count("# ") > 20  # every option carries a comment
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert load_config(path) == NodeConfig()
+    assert load_config(tmp_path / "missing.toml") == NodeConfig()
+
+
+def test_config_rejects_unknown_and_mistyped_options() -> None:
+    with pytest.raises(UserError, match="unknown option"):
+        config_from_dict({"network": {"lisen": []}})
+    with pytest.raises(UserError, match="must be"):
+        config_from_dict({"gossip": {"ad_ttl_s": "long"}})
+    cfg = config_from_dict({"light": True, "gossip": {"heartbeat_s": 2}})
+    assert cfg.light
+    assert cfg.gossip.heartbeat_s == 2.0
