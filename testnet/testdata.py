@@ -22,10 +22,12 @@ def make_clip(
     *,
     keyframe_interval_s: float = 1.0,
     container: str | None = None,
+    offset: int = 0,
 ) -> Path:
     """Write an H.264 (+ AAC tone) clip: moving colour bars, a keyframe every interval.
 
-    Encoded with one thread, so the same arguments always give the same bytes.
+    Encoded with one thread, so the same arguments always give the same bytes; `offset`
+    starts the pattern that many frames later (other pictures, same shape).
     """
     import av
 
@@ -46,13 +48,14 @@ def make_clip(
             tone.layout = "stereo"
         xs = np.arange(width, dtype=np.int32)
         ys = np.arange(height, dtype=np.int32)[:, None]
-        for i in range(n_frames):
+        for n in range(n_frames):
+            i = n + offset
             img = np.empty((height, width, 3), dtype=np.uint8)
             img[:, :, 0] = (xs * 255 // max(1, width - 1) + i * 7) % 256
             img[:, :, 1] = (ys * 255 // max(1, height - 1) + i * 3) % 256
             img[:, :, 2] = ((xs // 8 + ys // 8 + i) % 2) * 200
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
+            frame.pts = n
             frame.time_base = Fraction(1, fps)
             out.mux(video.encode(frame))
         out.mux(video.encode(None))

@@ -147,9 +147,18 @@ class ChildProcessExecutor(Executor):
     own process group and output folder, under RLIMIT_AS/RLIMIT_CPU, with a wall-clock
     timeout enforced by a monitor thread that kills the whole group."""
 
-    def __init__(self, job_class: str, *, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        job_class: str,
+        *,
+        python: str = sys.executable,
+        withheld_encoders: frozenset[str] = frozenset(),
+    ) -> None:
         self.job_class = job_class
         self.python = python
+        # Encoders this worker will not offer even though PyAV has them (an operator's
+        # choice, e.g. for codec licensing); jobs asking for them: unsupported_parameter.
+        self.withheld_encoders = withheld_encoders
 
     # ------------------------------------------------------------------ interface
 
@@ -228,6 +237,7 @@ class ChildProcessExecutor(Executor):
             "params": dict(spec.params),
             "inputs": inputs,
             "threads": threads,
+            "withheld_encoders": sorted(self.withheld_encoders),
             "limits": {
                 "timeout_s": timeout_s,
                 "memory_mb": memory_mb,

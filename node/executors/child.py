@@ -56,6 +56,7 @@ def main() -> int:
             inputs={name: Path(item["path"]) for name, item in request["inputs"].items()},
             folder=OutputFolder(Path.cwd()),
             threads=int(request["threads"]),
+            withheld_encoders=frozenset(request.get("withheld_encoders", ())),
         )
         runtime = task.runtime(ctx)
         result = task.run(ctx)

@@ -31,6 +31,7 @@ class TaskContext:
     inputs: Mapping[str, Path]
     folder: OutputFolder
     threads: int
+    withheld_encoders: frozenset[str] = frozenset()
 
 
 @dataclass

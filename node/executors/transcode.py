@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from fractions import Fraction
@@ -60,14 +61,17 @@ def _video_options(codec: str, params: Mapping[str, Any], gop: int, threads: int
     return opts
 
 
-def check_runtime(params: Mapping[str, Any]) -> None:
-    """unsupported_parameter if this PyAV build lacks the requested encoders."""
+def check_runtime(params: Mapping[str, Any], withheld: frozenset[str] = frozenset()) -> None:
+    """unsupported_parameter if this PyAV build lacks (or the operator withholds) the
+    requested encoders."""
     import av
 
     wanted = [ENCODERS[params["video_codec"]][0]]
     if params["audio_codec"] != "none":
         wanted.append(AUDIO_ENCODERS[params["audio_codec"]])
     for name in wanted:
+        if name in withheld:
+            raise ExecutorError("unsupported_parameter", f"this worker does not offer {name}")
         try:
             av.codec.Codec(name, "w")
         except (av.error.FFmpegError, ValueError):
@@ -76,7 +80,12 @@ def check_runtime(params: Mapping[str, Any]) -> None:
             ) from None
 
 
-def transcode(source: Path, folder: OutputFolder, params: Mapping[str, Any]) -> TaskResult:
+def transcode(
+    source: Path,
+    folder: OutputFolder,
+    params: Mapping[str, Any],
+    withheld: frozenset[str] = frozenset(),
+) -> TaskResult:
     """Decode `source`, scale to params['height'], encode and mux an HLS VOD rendition into
     `folder`. The benchmark calls this same function directly to measure executor cost."""
     import av
@@ -85,7 +94,7 @@ def transcode(source: Path, folder: OutputFolder, params: Mapping[str, Any]) -> 
     from node.media_probe import check_video_size, open_media
 
     started = time.perf_counter()
-    check_runtime(params)
+    check_runtime(params, withheld)
     codec = params["video_codec"]
     encoder, segment_type, _ = ENCODERS[codec]
     threads = int(params["threads"])
@@ -113,7 +122,8 @@ def transcode(source: Path, folder: OutputFolder, params: Mapping[str, Any]) -> 
             )
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
         rate = Fraction(rate).limit_denominator(1001)
-        gop = max(1, round(float(rate) * params["keyframe_interval_s"]))
+        # Keyframes at most keyframe_interval_s apart: round the frame count down.
+        gop = max(1, math.floor(float(rate) * params["keyframe_interval_s"] + 1e-6))
         width = scaled_width(vin.codec_context.width, vin.codec_context.height, height)
         vin.thread_count = threads
         out = av.open(str(folder.path(PLAYLIST)), "w", format="hls", options=hls)
@@ -176,7 +186,7 @@ class TranscodeTask:
             return media_runtime(ctx.threads)
 
     def run(self, ctx: TaskContext) -> TaskResult:
-        return transcode(ctx.inputs["source"], ctx.folder, ctx.params)
+        return transcode(ctx.inputs["source"], ctx.folder, ctx.params, ctx.withheld_encoders)
 
 
 TASKS = {"media.transcode": TranscodeTask()}
