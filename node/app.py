@@ -33,7 +33,8 @@ __all__ = ["Node", "now_ms"]
 
 log = logging.getLogger("c0.node")
 _TARGET_PEERS = 8  # connect to workers heard of until this many connections
-_FAST_START_S = (0.5, 1.0, 2.0, 4.0)  # early republishes while the mesh forms
+_NEW_PEER_CHECK_S = 0.5
+_NEW_PEER_DELAY_S = 1.0
 
 
 def now_ms() -> int:
@@ -280,16 +281,24 @@ class Node:
         self.ads_published += 1
 
     async def _publisher(self) -> None:
+        """Publish at start, on change, when new peers appear, and every ad_interval_s."""
+        interval = self.config.gossip.ad_interval_s
         await self.publish_ad()
-        start = trio.current_time()
-        fast = list(_FAST_START_S)
+        last_at = trio.current_time()
+        told = set(self.transport.connected_peers())
         while True:
-            interval = self.config.gossip.ad_interval_s
-            due = start + fast.pop(0) if fast else trio.current_time() + interval
-            with trio.move_on_at(due):
+            with trio.move_on_after(_NEW_PEER_CHECK_S):
                 await self._ad_changed.wait()
-            self._ad_changed = trio.Event()
-            await self.publish_ad()
+            now = trio.current_time()
+            peers = set(self.transport.connected_peers())
+            # A new peer joins the GossipSub mesh about a heartbeat after connecting, so
+            # republish a little later rather than at once; never more than once a second.
+            new_peers = bool(peers - told) and now - last_at >= _NEW_PEER_DELAY_S
+            if self._ad_changed.is_set() or new_peers or now - last_at >= interval:
+                self._ad_changed = trio.Event()
+                told = peers
+                await self.publish_ad()
+                last_at = now
 
     async def _housekeeping(self) -> None:
         while True:

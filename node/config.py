@@ -128,7 +128,7 @@ _SECTIONS = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "lig
 
 def _convert(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, tuple):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise UserError(f"config: {where} must be a list of strings")
         return tuple(value)
     if isinstance(default, bool):

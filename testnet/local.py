@@ -1,0 +1,245 @@
+"""A local network: N full nodes as separate OS processes on 127.0.0.1.
+
+`up` writes DIR/testnet.json and returns once every node holds every other node's ad;
+`down` stops exactly the processes listed there (checking each is still ours).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.config import CONFIG_FILE, NodeConfig, render_config
+from node.control import ControlClient, NodeNotRunning, control_path
+from node.home import KEY_FILE, create_identity, load_identity
+from protocol.errors import C0Error, UserError
+from testnet import chain as chain_setup
+
+__all__ = ["STATE_FILE", "down", "status", "up"]
+
+STATE_FILE = "testnet.json"
+BOOTSTRAP_FANOUT = 3  # each node dials this many others; gossip does the rest
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _poll(cond: Callable[[], bool], limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    delay = 0.02
+    while not cond():
+        if time.monotonic() > deadline:
+            raise C0Error(f"testnet: timed out waiting for {what}", code="testnet_timeout")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+def _call(home: Path, cmd: str) -> Any:
+    return ControlClient(control_path(home), timeout=5).call(cmd)
+
+
+def _alive(pid: int, home: str) -> bool:
+    """True if `pid` runs and is the node of `home` (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return home.encode() in cmdline
+
+
+def up(
+    nodes: int,
+    directory: Path,
+    *,
+    config: NodeConfig | None = None,
+    chain: str = "none",
+    limit_s: float = 120.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    if nodes < 1:
+        raise UserError("--nodes must be at least 1")
+    directory = directory.resolve()
+    state_path = directory / STATE_FILE
+    if state_path.exists():
+        old = json.loads(state_path.read_text())
+        if any(_alive(n["pid"], n["home"]) for n in old.get("nodes", [])):
+            raise UserError(f"a testnet is already running in {directory}: run `c0 testnet down`")
+    directory.mkdir(parents=True, exist_ok=True)
+    config = config or NodeConfig()
+    ports = _free_ports(nodes)
+    homes = [directory / f"node-{i:02d}" for i in range(nodes)]
+    identities = [
+        load_identity(h) if (h / KEY_FILE).exists() else create_identity(h) for h in homes
+    ]
+    addrs = [
+        f"/ip4/127.0.0.1/tcp/{port}/p2p/{ident.peer_id}"
+        for port, ident in zip(ports, identities, strict=True)
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
+    state: dict[str, Any] = {"nodes": [], "chain": None, "created_ms": time.time_ns() // 10**6}
+    try:
+        for i, home in enumerate(homes):
+            others = [
+                addrs[(i - k) % nodes] for k in range(1, min(BOOTSTRAP_FANOUT, nodes - 1) + 1)
+            ]
+            cfg = config.replace(
+                network={
+                    **_section(config.network),
+                    "listen": (f"/ip4/127.0.0.1/tcp/{ports[i]}",),
+                    "bootstrap": tuple(others),
+                }
+            )
+            (home / CONFIG_FILE).write_text(render_config(cfg), "utf-8")
+            log = (home / "node.log").open("ab")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "node", "node", "run", "--home", str(home)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # a Ctrl+C on `testnet up` leaves the nodes be
+                )
+            )
+            log.close()
+            state["nodes"].append(
+                {
+                    "did": identities[i].did,
+                    "peer_id": identities[i].peer_id,
+                    "eth_address": identities[i].eth_address,
+                    "multiaddrs": [addrs[i]],
+                    "home": str(home),
+                    "pid": procs[i].pid,
+                    "role": "worker",
+                }
+            )
+        _write(state_path, state)
+        progress(f"started {nodes} node processes")
+        for home, proc in zip(homes, procs, strict=True):
+            _poll(lambda h=home, p=proc: _ready(h, p), limit_s, f"{home.name} to start")
+        progress("all nodes answer on their control sockets")
+        _poll(lambda: _all_heard(homes, nodes, procs), limit_s, "every node to hear every ad")
+        progress("every node has received every other node's ad")
+        state["chain"] = chain_setup.start(chain, directory, state["nodes"])
+        _write(state_path, state)
+    except BaseException:
+        _stop_pids([(p.pid, str(h)) for p, h in zip(procs, homes, strict=False)])
+        raise
+    return state
+
+
+def _section(section: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
+def _ready(home: Path, proc: subprocess.Popen[bytes]) -> bool:
+    if proc.poll() is not None:
+        tail = (home / "node.log").read_text(errors="replace")[-1500:]
+        raise C0Error(f"{home.name} exited with code {proc.returncode}:\n{tail}")
+    try:
+        _call(home, "status")
+    except (NodeNotRunning, OSError):
+        return False
+    return True
+
+
+def _all_heard(homes: list[Path], n: int, procs: list[subprocess.Popen[bytes]]) -> bool:
+    for home, proc in zip(homes, procs, strict=True):
+        if proc.poll() is not None:
+            raise C0Error(f"{home.name} exited with code {proc.returncode}")
+        if _call(home, "status")["known_workers"] < n - 1:
+            return False
+    return True
+
+
+def _write(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _load(directory: Path) -> dict[str, Any]:
+    path = directory.resolve() / STATE_FILE
+    if not path.exists():
+        raise UserError(f"no testnet in {directory} ({STATE_FILE} not found)")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def status(directory: Path) -> dict[str, Any]:
+    state = _load(directory)
+    rows = []
+    for node in state["nodes"]:
+        row: dict[str, Any] = {"peer_id": node["peer_id"], "pid": node["pid"], "home": node["home"]}
+        row["running"] = _alive(node["pid"], node["home"])
+        if row["running"]:
+            try:
+                st = _call(Path(node["home"]), "status")
+                row.update(
+                    connected_peers=st["connected_peers"],
+                    known_workers=st["known_workers"],
+                    uptime_s=st["uptime_s"],
+                )
+            except (C0Error, OSError) as exc:
+                row["error"] = str(exc)
+        rows.append(row)
+    return {"nodes": rows, "chain": state.get("chain")}
+
+
+def _stop_pids(pids: list[tuple[int, str]], grace_s: float = 10.0) -> list[int]:
+    """SIGTERM, wait, SIGKILL what is left; return the pids that were running."""
+    running = [(pid, home) for pid, home in pids if _alive(pid, home)]
+    for pid, _ in running:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for pid, home in running:
+        while _alive(pid, home) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+        if _alive(pid, home):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap(pid)
+    return [pid for pid, _ in running]
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # our child when up and down run in one process
+    except ChildProcessError:
+        pass
+
+
+def down(directory: Path) -> dict[str, Any]:
+    state = _load(directory)
+    stopped = _stop_pids([(n["pid"], n["home"]) for n in state["nodes"]])
+    chain_setup.stop(state.get("chain"))
+    left = [n["pid"] for n in state["nodes"] if _alive(n["pid"], n["home"])]
+    if left:
+        raise C0Error(f"testnet: processes still running: {left}")
+    return {"stopped": stopped}
