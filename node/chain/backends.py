@@ -55,7 +55,7 @@ class Chain:
 
 def embedded_chain() -> Chain:
     """A fresh in-process chain (py-evm through eth-tester) with ten funded accounts."""
-    from eth_tester import EthereumTester, PyEVMBackend
+    from eth_tester import EthereumTester, PyEVMBackend  # type: ignore[import-untyped]
 
     tester = EthereumTester(PyEVMBackend())
     w3 = Web3(EthereumTesterProvider(tester))
