@@ -506,12 +506,15 @@ class DisputeOpen(Message):
     TYPE: ClassVar[str] = "dispute_open"
     job_id: bytes
     reason: str
-    evidence: tuple[bytes, ...]
+    evidence: tuple[bytes, ...]  # SHA-256 of evidence blobs the arbiter fetches
+    sizes: tuple[int, ...]  # their sizes in bytes, in the same order
 
     def _check(self) -> None:
         _require(_is_job_id(self.job_id), "dispute_open.job_id", "not a SHA-256 multihash")
         _require(0 < len(self.reason) <= 1024, "dispute_open.reason", "must be 1..1024 chars")
         _require(len(self.evidence) <= 64, "dispute_open.evidence", "more than 64 items")
+        _require(len(self.sizes) == len(self.evidence), "dispute_open.sizes", "one per item")
+        _require(all(len(h) == 32 for h in self.evidence), "dispute_open.evidence", "bad hash")
 
 
 @dataclass(frozen=True)

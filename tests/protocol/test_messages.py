@@ -95,7 +95,7 @@ def samples() -> list[Message]:
             payouts=(10,),
             eip712_sig=b"\x01" * 65,
         ),
-        DisputeOpen(job_id=JOB, reason="output is black frames", evidence=(H,)),
+        DisputeOpen(job_id=JOB, reason="output is black frames", evidence=(H,), sizes=(10,)),
         JobEvent(
             job_id=JOB,
             attempt=1,

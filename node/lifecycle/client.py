@@ -1,0 +1,780 @@
+"""The client role: route, offer, fund, assign, watch, verify, settle, retry — for the
+jobs this node submits. One task per job; every step is persisted so a restart resumes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.app import now_ms
+from node.executors.manifest import MANIFEST_NAME, spec_from_json, spec_to_json, write_manifest
+from node.lifecycle.escrow import attempt_chain_id, terms_from_json, terms_to_json
+from node.verification import verify_result
+from protocol.envelope import SignedMessage, open_envelope
+from protocol.errors import C0Error, InvalidJobSpec, PeerProtocolError, UserError
+from protocol.jobs import InputRef, JobSpec, JobTemplate, job_id_text
+from protocol.messages import (
+    Accept,
+    Assignment,
+    Bid,
+    Decline,
+    Heartbeat,
+    Offer,
+    ResultCommit,
+    ResultReveal,
+    Verdict,
+)
+from protocol.results import result_digest
+from protocol.routing import Candidate, RoutingPolicy, rank_workers
+from protocol.settlement import Assignment as EscrowAssignment
+from protocol.settlement import Common, EscrowTerms, SettlementError, commit_hash
+from protocol.state import Event, JobMachine, State
+
+if TYPE_CHECKING:
+    from node.lifecycle.service import Lifecycle
+
+__all__ = ["ClientRole"]
+
+log = logging.getLogger("c0.client")
+_NO_WORKER_POLL_S = 1.0
+
+
+@dataclass
+class WorkerSlot:
+    did: str
+    peer: str
+    eth: str
+    price: int
+    last_heartbeat: float = 0.0
+    started: bool = False
+    commitment: bytes | None = None
+    reveal: SignedMessage | None = None
+    failure: str | None = None
+
+
+@dataclass
+class Attempt:
+    number: int
+    slots: dict[str, WorkerSlot]  # by DID
+    terms: EscrowTerms
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def poke(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class AttemptFailed(Exception):
+    def __init__(self, event: Event, reason: str, culprits: tuple[str, ...] = ()) -> None:
+        super().__init__(reason)
+        self.event = event
+        self.reason = reason
+        self.culprits = culprits
+
+
+class ClientRole:
+    def __init__(self, lc: Lifecycle) -> None:
+        self.lc = lc
+        self.active: dict[tuple[bytes, int], Attempt] = {}
+        self.results_root = lc.node.home / "results"
+
+    # ------------------------------------------------------------ submit
+    def submit(
+        self,
+        template_json: Any,
+        inputs: dict[str, str],
+        *,
+        redundancy: int,
+        max_price: int,
+        deadline_s: int,
+    ) -> str:
+        """Validate everything before any money moves; persist; start the job's task."""
+        lc = self.lc
+        template = JobTemplate.from_json(template_json)
+        if not 1 <= redundancy <= 5:
+            raise InvalidJobSpec("redundancy must be 1..5")
+        if max_price < 0:
+            raise InvalidJobSpec("max price must not be negative")
+        if deadline_s <= 0:
+            raise InvalidJobSpec("the deadline has already passed")
+        if lc.escrow is None or lc.chain is None:
+            raise UserError("this node has no chain configured (chain.json in its home)")
+        refs: dict[str, InputRef] = {}
+        paths: dict[str, str] = {}
+        for name, raw_path in inputs.items():
+            path = Path(raw_path).expanduser().resolve()
+            if not path.is_file():
+                raise UserError(f"input {name}: no such file: {path}")
+            digest = lc.node.blobs.put_file(path)
+            expected = template.inputs.get(name)
+            if expected is not None and expected.sha256 != digest:
+                raise InvalidJobSpec(f"input {name}: file does not match the spec's sha256")
+            refs[name] = InputRef(digest, path.stat().st_size)
+            paths[name] = str(lc.node.blobs.path_of(digest))
+        spec = template.bind(refs, client=lc.node.did, nonce=os.urandom(16))
+        for name, ref in spec.inputs.items():
+            if name not in paths:  # bound by hash in the spec: we must hold it
+                if not lc.node.blobs.has(ref.sha256):
+                    raise UserError(f"input {name}: this node does not hold {ref.sha256.hex()}")
+                paths[name] = str(lc.node.blobs.path_of(ref.sha256))
+        prices = [w.ad.prices.get(spec.job_class) for w in lc.node.caps.values()]
+        offered = [p for p in prices if p is not None]
+        if offered and min(offered) > max_price:
+            raise InvalidJobSpec(
+                f"max price {max_price} is under every bid price heard (lowest {min(offered)})"
+            )
+        job_id = spec.job_id
+        if lc.node.store.get_job(job_id) is not None:
+            raise UserError(f"job {spec.job_id_text} exists already")
+        data = {
+            "spec": spec_to_json(spec),
+            "inputs": paths,
+            "redundancy": redundancy,
+            "max_price": max_price,
+            "deadline_ms": now_ms() + deadline_s * 1000,
+            "attempt": 0,
+            "verified": False,
+            "attempts": {},
+            "explain": {},
+            "tried": [],
+            "submitted_ms": now_ms(),
+        }
+        lc.store_job(job_id, "client", State.REQUESTED, data)
+        lc.event(job_id, 0, "requested", detail={"job_class": spec.job_class})
+        lc.spawn(self.drive, job_id)
+        return spec.job_id_text
+
+    # ------------------------------------------------------------ the job task
+    async def drive(self, job_id: bytes) -> None:
+        """Run one job from where its record stands to a terminal state."""
+        lc = self.lc
+        rec = lc.node.store.get_job(job_id)
+        assert rec is not None
+        data = rec.data
+        spec = spec_from_json(data["spec"])
+        machine = JobMachine(
+            lc.settings.max_attempts, State(rec.state), int(data["attempt"]), data["verified"]
+        )
+        try:
+            await self._drive(job_id, spec, data, machine)
+        except Exception:
+            log.exception("job %s stopped", spec.job_id_text)
+            raise
+
+    def _save(self, job_id: bytes, data: dict[str, Any], machine: JobMachine) -> None:
+        data["attempt"] = machine.attempt
+        data["verified"] = machine.verified
+        self.lc.store_job(job_id, "client", machine.state, data)
+
+    def _step(
+        self,
+        job_id: bytes,
+        data: dict[str, Any],
+        machine: JobMachine,
+        event: Event,
+        **event_fields: Any,
+    ) -> None:
+        machine.handle(event)
+        self._save(job_id, data, machine)
+        self.lc.event(job_id, machine.attempt, str(machine.state), **event_fields)
+
+    async def _drive(
+        self, job_id: bytes, spec: JobSpec, data: dict[str, Any], machine: JobMachine
+    ) -> None:
+        lc = self.lc
+        deadline_ms = int(data["deadline_ms"])
+        while not machine.terminal:
+            state = machine.state
+            if state in (State.REQUESTED, State.FUNDED, State.FAILED):
+                if now_ms() >= deadline_ms or (
+                    state is State.FAILED and Event.RETRY not in machine.allowed()
+                ):
+                    await self._give_up(job_id, data, machine)
+                    continue
+                attempt = await self._start_attempt(job_id, spec, data, machine, deadline_ms)
+                if attempt is None:
+                    continue
+            elif state in (State.ASSIGNED, State.RUNNING, State.SUBMITTED):
+                attempt = self._resume_attempt(job_id, data, machine)
+            elif state is State.VERIFIED:
+                await self._settle(job_id, data, machine)
+                continue
+            elif state is State.EXPIRED:
+                await self._give_up(job_id, data, machine)
+                continue
+            elif state is State.DISPUTED:
+                await lc.arbitration.await_ruling(job_id, data, machine, self)
+                continue
+            else:  # pragma: no cover - every non-terminal state is handled above
+                raise AssertionError(state)
+            try:
+                await self._watch(job_id, spec, data, machine, attempt, deadline_ms)
+            except AttemptFailed as failure:
+                self._fail_attempt(job_id, data, machine, attempt, failure)
+            finally:
+                self.active.pop((job_id, attempt.number), None)
+
+    # ------------------------------------------------------------ routing and funding
+    def candidates(self, spec: JobSpec) -> list[Candidate]:
+        lc = self.lc
+        out = []
+        for did, worker in lc.node.caps.items():
+            if did == lc.node.did:
+                continue
+            rep = lc.reputation_of(did, spec.job_class)
+            out.append(
+                Candidate(
+                    did=did,
+                    ad=worker.ad,
+                    reputation=rep.score,
+                    recent_timeouts=rep.timeouts,
+                    expires_at=worker.expires_ms,
+                )
+            )
+        return out
+
+    async def _start_attempt(
+        self,
+        job_id: bytes,
+        spec: JobSpec,
+        data: dict[str, Any],
+        machine: JobMachine,
+        deadline_ms: int,
+    ) -> Attempt | None:
+        lc = self.lc
+        assert lc.escrow is not None
+        assert lc.chain is not None
+        number = machine.attempt + 1
+        k = int(data["redundancy"])
+        max_price = int(data["max_price"])
+        policy = RoutingPolicy(reputation_threshold=lc.settings.reputation_threshold)
+        ranked = rank_workers(
+            spec,
+            self.candidates(spec),
+            max_price=max_price,
+            want=k + lc.settings.offer_fanout,
+            now=now_ms(),
+            policy=policy,
+            exclude=data["tried"],
+        )
+        data["explain"][str(number)] = [r.to_json() for r in ranked]
+        chosen = [r.did for r in ranked if r.reason == "selected"]
+        if len(chosen) < k:
+            self._save(job_id, data, machine)
+            await trio.sleep(_NO_WORKER_POLL_S)  # wait for ads: bounded by the deadline
+            return None
+        chain_now = await lc.escrow.now()
+        remaining_s = max(2, (deadline_ms - now_ms()) // 1000)
+        commit_deadline = chain_now + max(1, int(remaining_s * 0.6))
+        offer = Offer(
+            job_id=job_id,
+            spec=spec,
+            attempt=number,
+            redundancy=k,
+            max_price=max_price,
+            deadline=deadline_ms,
+            commit_deadline=now_ms() + (commit_deadline - chain_now) * 1000,
+            chain_id=lc.chain.chain_id,
+            escrow=lc.chain.escrow,
+            arbiter=lc.arbiter_address(),
+            client_eth=lc.node.identity.eth_address,
+            input_providers=(lc.node.peer_id,),
+        )
+        envelope = lc.node.seal(offer, ttl_ms=int(lc.settings.bid_timeout_s * 1000) + 5000)
+        bids: list[tuple[int, int, str, Bid, str]] = []  # (price, rank, did, bid, peer)
+
+        async def ask(rank: int, did: str) -> None:
+            peer = lc.node.caps[did].ad.peer_id if did in lc.node.caps else None
+            if peer is None:
+                return
+            try:
+                reply = await lc.node.request(peer, envelope, timeout=lc.settings.bid_timeout_s)
+            except (C0Error, trio.BrokenResourceError, OSError) as exc:
+                lc.event(job_id, number, "declined", worker=did, detail={"reason": str(exc)[:200]})
+                return
+            if reply is None or reply.sender != did:
+                return
+            msg = reply.message
+            if isinstance(msg, Bid) and msg.job_id == job_id and msg.attempt == number:
+                if msg.price <= max_price:
+                    bids.append((msg.price, rank, did, msg, peer))
+                    lc.event(job_id, number, "bid", worker=did, detail={"price": msg.price})
+                    lc.store_evidence(reply)
+            elif isinstance(msg, Decline):
+                lc.event(job_id, number, "declined", worker=did, detail={"reason": msg.reason})
+
+        async with trio.open_nursery() as nursery:
+            for rank, did in enumerate(chosen):
+                nursery.start_soon(ask, rank, did)
+        bids.sort(key=lambda b: (b[0], b[1]))
+        if len(bids) < k:
+            self._save(job_id, data, machine)
+            await trio.sleep(_NO_WORKER_POLL_S)
+            return None
+        winners = bids[:k]
+        stake_lock = lc.settings.stake_lock_wei
+        terms = EscrowTerms(
+            attempt_chain_id(job_id, number),
+            Common(
+                client=lc.node.identity.eth_address,
+                arbiter=lc.arbiter_address(),
+                commit_deadline=commit_deadline,
+                deadline=chain_now + remaining_s,
+                quorum=k,
+            ),
+            tuple(EscrowAssignment(b[3].eth_address, b[0], stake_lock) for b in winners),
+        )
+        await lc.escrow.ensure_deposit(max(lc.settings.deposit_wei, terms.escrowed))
+        try:
+            tx = await lc.escrow.open([terms])
+        except SettlementError as exc:
+            lc.event(job_id, number, "failed", detail={"reason": f"escrow: {exc.reason}"})
+            await trio.sleep(_NO_WORKER_POLL_S)
+            return None
+        slots = {
+            b[2]: WorkerSlot(b[2], b[4], b[3].eth_address, b[0], last_heartbeat=trio.current_time())
+            for b in winners
+        }
+        attempt = Attempt(number, slots, terms)
+        data["attempts"][str(number)] = {
+            "terms": terms_to_json(terms),
+            "escrow_tx": tx.tx,
+            "open_gas": tx.gas_used,
+            "workers": [
+                {"did": s.did, "peer": s.peer, "eth": s.eth, "price": s.price}
+                for s in slots.values()
+            ],
+            "commits": {},
+            "reveals": {},
+            "verdicts": {},
+            "outcome": None,
+        }
+        if machine.state is State.REQUESTED:
+            self._step(job_id, data, machine, Event.FUND, detail={"escrow_tx": tx.tx})
+        self.active[(job_id, number)] = attempt
+        # Assign: every worker checks the escrow on chain before it accepts.
+        refused: list[str] = []
+
+        async def assign(slot: WorkerSlot) -> None:
+            msg = Assignment(
+                job_id=job_id,
+                attempt=number,
+                worker=slot.did,
+                workers=tuple(slots),
+                payouts=tuple(s.price for s in slots.values()),
+                terms_hash=lc.escrow.terms_hash(terms) if lc.escrow else b"",
+                chain_job_id=terms.job_id,
+                terms=terms_to_json(terms),
+                escrow_tx=bytes.fromhex(tx.tx.removeprefix("0x")),
+            )
+            try:
+                reply = await lc.node.request(slot.peer, lc.node.seal(msg), timeout=15.0)
+            except (C0Error, trio.BrokenResourceError, OSError) as exc:
+                refused.append(f"{slot.did}: {exc}")
+                return
+            if reply is None or not isinstance(reply.message, Accept):
+                refused.append(f"{slot.did}: no accept")
+                return
+            slot.last_heartbeat = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            for slot in slots.values():
+                nursery.start_soon(assign, slot)
+        event = Event.ASSIGN if machine.state is State.FUNDED else Event.RETRY
+        self._step(
+            job_id, data, machine, event, detail={"workers": list(slots), "escrow_tx": tx.tx}
+        )
+        if refused:
+            self._fail_attempt(
+                job_id,
+                data,
+                machine,
+                attempt,
+                AttemptFailed(Event.WORKER_FAILED, "; ".join(refused)[:300]),
+            )
+            self.active.pop((job_id, number), None)
+            return None
+        return attempt
+
+    def _resume_attempt(self, job_id: bytes, data: dict[str, Any], machine: JobMachine) -> Attempt:
+        """Rebuild the running attempt from the record after a restart."""
+        number = machine.attempt
+        info = data["attempts"][str(number)]
+        now = trio.current_time()
+        slots = {
+            w["did"]: WorkerSlot(w["did"], w["peer"], w["eth"], w["price"], last_heartbeat=now)
+            for w in info["workers"]
+        }
+        for did, commit in info["commits"].items():
+            slots[did].commitment = bytes.fromhex(commit)
+        for did, raw in info["reveals"].items():
+            slots[did].reveal = open_envelope(bytes.fromhex(raw), now=0)
+        attempt = Attempt(number, slots, terms_from_json(info["terms"]))
+        self.active[(job_id, number)] = attempt
+        self.lc.event(job_id, number, "resumed", detail={"state": str(machine.state)})
+        return attempt
+
+    # ------------------------------------------------------------ watching the workers
+    async def _watch(
+        self,
+        job_id: bytes,
+        spec: JobSpec,
+        data: dict[str, Any],
+        machine: JobMachine,
+        attempt: Attempt,
+        deadline_ms: int,
+    ) -> None:
+        s = self.lc.settings
+        while True:
+            slots = list(attempt.slots.values())
+            failed = [x for x in slots if x.failure]
+            if failed:
+                raise AttemptFailed(
+                    Event.WORKER_FAILED,
+                    "; ".join(f"{x.did[-8:]}: {x.failure}" for x in failed),
+                    tuple(x.did for x in failed),
+                )
+            if machine.state is State.ASSIGNED and any(x.started for x in slots):
+                self._step(job_id, data, machine, Event.START)
+            if all(x.reveal is not None for x in slots):
+                if machine.state is State.ASSIGNED:
+                    self._step(job_id, data, machine, Event.START)
+                if machine.state is State.RUNNING:
+                    self._step(job_id, data, machine, Event.SUBMIT)
+                await self._verify(job_id, spec, data, machine, attempt)
+                return
+            now = trio.current_time()
+            stale = [
+                x
+                for x in slots
+                if x.reveal is None
+                and x.commitment is None
+                and now - x.last_heartbeat > s.heartbeat_timeout_s
+            ]
+            if stale:
+                event = (
+                    Event.START_TIMEOUT
+                    if machine.state is State.ASSIGNED
+                    else (Event.HEARTBEAT_TIMEOUT)
+                )
+                raise AttemptFailed(
+                    event,
+                    f"no heartbeat from {', '.join(x.did[-8:] for x in stale)}",
+                    tuple(x.did for x in stale),
+                )
+            if now_ms() >= deadline_ms:
+                raise AttemptFailed(Event.DEADLINE, "deadline passed")
+            with trio.move_on_after(0.5):
+                await attempt.changed.wait()
+
+    def _fail_attempt(
+        self,
+        job_id: bytes,
+        data: dict[str, Any],
+        machine: JobMachine,
+        attempt: Attempt,
+        failure: AttemptFailed,
+    ) -> None:
+        lc = self.lc
+        info = data["attempts"].get(str(attempt.number))
+        if info is not None:
+            info["outcome"] = {"failed": failure.reason, "culprits": list(failure.culprits)}
+        data["tried"] = sorted(set(data["tried"]) | set(failure.culprits))
+        for did in failure.culprits:
+            kind = "timeout" if "heartbeat" in failure.reason else "failed"
+            lc.add_evidence(
+                did, data["spec"]["job_class"], kind, job_id, f"attempt:{attempt.number}"
+            )
+        event = failure.event
+        if event not in machine.allowed():
+            event = Event.WORKER_FAILED if Event.WORKER_FAILED in machine.allowed() else event
+        if event in machine.allowed():
+            self._step(job_id, data, machine, event, detail={"reason": failure.reason})
+        lc.refunds.add(attempt.terms)
+
+    # ------------------------------------------------------------ handlers (from workers)
+    def _slot(self, signed: SignedMessage, job_id: bytes, attempt: int) -> WorkerSlot:
+        att = self.active.get((job_id, attempt))
+        if att is None or signed.sender not in att.slots:
+            raise PeerProtocolError("unknown_job", "no such job, attempt or worker here")
+        return att.slots[signed.sender]
+
+    async def on_heartbeat(self, signed: SignedMessage, peer: str) -> None:
+        hb = signed.message
+        assert isinstance(hb, Heartbeat)
+        slot = self._slot(signed, hb.job_id, hb.attempt)
+        slot.last_heartbeat = trio.current_time()
+        if not slot.started:
+            slot.started = True
+            self.active[(hb.job_id, hb.attempt)].poke()
+        return None
+
+    async def on_decline(self, signed: SignedMessage, peer: str) -> None:
+        """A worker reporting that its execution failed (the decline carries the code)."""
+        msg = signed.message
+        assert isinstance(msg, Decline)
+        slot = self._slot(signed, msg.job_id, msg.attempt)
+        slot.failure = f"{msg.reason}: {msg.detail}"[:300]
+        self.active[(msg.job_id, msg.attempt)].poke()
+        return None
+
+    async def on_commit(self, signed: SignedMessage, peer: str) -> None:
+        msg = signed.message
+        assert isinstance(msg, ResultCommit)
+        slot = self._slot(signed, msg.job_id, msg.attempt)
+        if slot.commitment is not None and slot.commitment != msg.commitment:
+            raise PeerProtocolError("protocol_violation", "a second, different commitment")
+        slot.commitment = msg.commitment
+        slot.started = True
+        self._persist_submission(msg.job_id, msg.attempt, "commits", slot.did, msg.commitment.hex())
+        self.active[(msg.job_id, msg.attempt)].poke()
+        return None
+
+    async def on_reveal(self, signed: SignedMessage, peer: str) -> None:
+        msg = signed.message
+        assert isinstance(msg, ResultReveal)
+        slot = self._slot(signed, msg.job_id, msg.attempt)
+        if slot.commitment is None:
+            raise PeerProtocolError("protocol_violation", "reveal before commit")
+        if commit_hash(msg.result_hash, slot.eth, msg.salt) != slot.commitment:
+            self.lc.add_evidence(slot.did, "", "failed", msg.job_id, "bad_reveal")
+            raise PeerProtocolError("protocol_violation", "reveal does not match the commitment")
+        try:
+            digest = result_digest(msg.manifest)
+        except C0Error:
+            digest = b""
+        if digest != msg.result_hash:
+            raise PeerProtocolError("protocol_violation", "result hash does not match manifest")
+        slot.reveal = signed
+        self._persist_submission(msg.job_id, msg.attempt, "reveals", slot.did, signed.raw.hex())
+        self.lc.store_evidence(signed)
+        self.active[(msg.job_id, msg.attempt)].poke()
+        return None
+
+    def _persist_submission(
+        self, job_id: bytes, attempt: int, kind: str, did: str, value: str
+    ) -> None:
+        rec = self.lc.node.store.get_job(job_id)
+        if rec is None:
+            return
+        info = rec.data["attempts"].get(str(attempt))
+        if info is not None:
+            info[kind][did] = value
+            self.lc.node.store.put_job(job_id, role="client", state=rec.state, data=rec.data)
+
+    # ------------------------------------------------------------ verification
+    async def _materialize(self, job_id: bytes, slot: WorkerSlot) -> Path:
+        """Fetch a worker's artifacts by hash and lay them out as a result folder."""
+        assert slot.reveal is not None
+        msg = slot.reveal.message
+        assert isinstance(msg, ResultReveal)
+        folder = self.results_root / job_id_text(job_id) / str(msg.attempt) / slot.did[-16:]
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        for artifact in msg.manifest.get("artifacts", []):
+            name = str(artifact["name"])
+            if "/" in name or name.startswith(".") or not name:
+                raise PeerProtocolError("protocol_violation", f"artifact name {name!r}")
+            digest = bytes.fromhex(str(artifact["sha256"]))
+            path = await self.lc.node.blobs.fetch(slot.peer, digest, int(artifact["size"]))
+            shutil.copyfile(path, folder / name)
+        write_manifest(folder, msg.manifest)
+        return folder
+
+    async def _verify(
+        self,
+        job_id: bytes,
+        spec: JobSpec,
+        data: dict[str, Any],
+        machine: JobMachine,
+        attempt: Attempt,
+    ) -> None:
+        lc = self.lc
+        template = JobTemplate.from_json(
+            {
+                "job_class": spec.job_class,
+                "params": dict(spec.params),
+                "inputs": {n: r.to_json() for n, r in spec.inputs.items()},
+                "limits": dict(spec.limits),
+            }
+        )
+        inputs = {name: Path(p) for name, p in data["inputs"].items()}
+        folders: dict[str, Path | None] = {}
+        for did, slot in attempt.slots.items():
+            try:
+                folders[did] = await self._materialize(job_id, slot)
+            except (C0Error, trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
+                log.info("artifacts of %s unavailable: %s", did, exc)
+                folders[did] = None
+        dids = list(attempt.slots)
+        reports: dict[str, dict[str, Any]] = {}
+        for did in dids:
+            folder = folders[did]
+            if folder is None:
+                reports[did] = {
+                    "passed": False,
+                    "checks": [
+                        {"name": "artifacts", "status": "fail", "detail": "could not fetch"}
+                    ],
+                }
+                continue
+            report = await trio.to_thread.run_sync(
+                lambda f=folder: verify_result(template, f, inputs=inputs)
+            )
+            reports[did] = report.to_json()
+        # Agreement: equal digests agree outright; different ones must pass the class's
+        # comparison (exact on equal runtimes, PSNR otherwise) or neither is trusted.
+        digests = {d: _reveal(attempt.slots[d]).result_hash for d in dids}
+        ok = [d for d in dids if reports[d]["passed"]]
+        for i, a in enumerate(ok):
+            for b in ok[i + 1 :]:
+                if digests[a] == digests[b]:
+                    continue
+                fa, fb = folders[a], folders[b]
+                assert fa is not None
+                assert fb is not None
+                pair = await trio.to_thread.run_sync(
+                    lambda x=fa, y=fb: verify_result(template, x, inputs=inputs, compare=y)
+                )
+                if not pair.passed:
+                    for d in (a, b):
+                        reports[d] = pair.to_json()
+        passing = [d for d in dids if reports[d]["passed"]]
+        failing = [d for d in dids if not reports[d]["passed"]]
+        info = data["attempts"][str(attempt.number)]
+        for did in dids:
+            reveal = _reveal(attempt.slots[did])
+            checks = {c["name"]: c["status"] != "fail" for c in reports[did]["checks"]}
+            verdict = Verdict(
+                job_id=job_id,
+                attempt=attempt.number,
+                worker=did,
+                result_hash=reveal.result_hash,
+                passed=all(checks.values()) and did in passing,
+                checks=checks or {"result": False},
+                reason="; ".join(
+                    f"{c['name']}: {c['detail']}"
+                    for c in reports[did]["checks"]
+                    if c["status"] == "fail"
+                )[:500]
+                or "all checks passed",
+            )
+            signed = lc.node.seal(verdict, ttl_ms=86_400_000)
+            lc.store_evidence(open_envelope(signed, now=now_ms()))
+            info["verdicts"][did] = {
+                "passed": verdict.passed,
+                "reason": verdict.reason,
+                "envelope": signed.hex(),
+            }
+            lc.event(
+                job_id,
+                attempt.number,
+                "verdict",
+                worker=did,
+                artifact=reveal.result_hash,
+                detail={"passed": verdict.passed},
+            )
+            lc.add_evidence(
+                did,
+                spec.job_class,
+                "completed" if verdict.passed else "verify_failed",
+                job_id,
+                f"verdict:{attempt.number}",
+                runtime_ms=_runtime_ms(reveal.manifest),
+            )
+        if not passing:
+            info["outcome"] = {"failed": "no result passed verification", "culprits": failing}
+            raise AttemptFailed(Event.VERIFY_FAIL, "no result passed verification", tuple(failing))
+        self._step(
+            job_id, data, machine, Event.VERIFY_PASS, detail={"passed": passing, "failed": failing}
+        )
+        info["outcome"] = {"passed": passing, "failed": failing}
+        data["result"] = {
+            "attempt": attempt.number,
+            "worker": passing[0],
+            "folder": str(folders[passing[0]]),
+        }
+        self._save(job_id, data, machine)
+        if failing:
+            # Someone did the work wrong: the escrow cannot be released whole. Freeze it and
+            # let the arbiter named in the terms pay the honest and slash the rest.
+            await lc.arbitration.open_dispute(
+                job_id, data, machine, attempt, passing, failing, self
+            )
+
+    # ------------------------------------------------------------ settlement
+    async def _settle(self, job_id: bytes, data: dict[str, Any], machine: JobMachine) -> None:
+        lc = self.lc
+        info = data["attempts"][str(machine.attempt)]
+        terms = terms_from_json(info["terms"])
+        released = await lc.releases.release(terms)
+        if released is None:
+            await trio.sleep(1.0)  # refused (logged); the record stays verified: try again
+            return
+        tx, signature = released
+        info["release_tx"] = tx.tx
+        info["release_gas_share"] = tx.gas_used
+        self._step(job_id, data, machine, Event.RELEASE, detail={"tx": tx.tx})
+        await lc.send_receipts(job_id, terms, info, signature)
+
+    async def _give_up(self, job_id: bytes, data: dict[str, Any], machine: JobMachine) -> None:
+        """No attempt left or the deadline passed: refund what was funded, or cancel."""
+        lc = self.lc
+        if machine.state is State.REQUESTED:
+            self._step(job_id, data, machine, Event.DEADLINE, detail={"reason": "no workers"})
+            return
+        if machine.state is State.FUNDED or machine.state in (
+            State.ASSIGNED,
+            State.RUNNING,
+            State.SUBMITTED,
+        ):
+            self._step(job_id, data, machine, Event.DEADLINE)
+        for info in data["attempts"].values():
+            lc.refunds.add(terms_from_json(info["terms"]))
+        await lc.refunds.wait_all(job_id, data)
+        self._step(job_id, data, machine, Event.REFUND)
+
+    # ------------------------------------------------------------ views
+    def fetch_result(self, job_id: bytes, dest: Path) -> list[dict[str, Any]]:
+        rec = self.lc.node.store.get_job(job_id)
+        if rec is None or rec.role != "client":
+            raise UserError(f"no job {job_id_text(job_id)} submitted from this node")
+        result = rec.data.get("result")
+        if rec.state != State.SETTLED or not result:
+            raise UserError(f"job {job_id_text(job_id)} is {rec.state}, not settled")
+        folder = Path(result["folder"])
+        dest.mkdir(parents=True, exist_ok=True)
+        from node.executors.manifest import hash_file, read_manifest
+
+        manifest = read_manifest(folder)
+        copied = []
+        for artifact in manifest["artifacts"]:
+            src = folder / artifact["name"]
+            digest, size = hash_file(src)
+            if digest != artifact["sha256"] or size != artifact["size"]:
+                raise UserError(f"artifact {artifact['name']} does not match its hash")
+            shutil.copyfile(src, dest / artifact["name"])
+            copied.append({"name": artifact["name"], "sha256": digest, "size": size})
+        shutil.copyfile(folder / MANIFEST_NAME, dest / MANIFEST_NAME)
+        return copied
+
+
+def _reveal(slot: WorkerSlot) -> ResultReveal:
+    assert slot.reveal is not None
+    assert isinstance(slot.reveal.message, ResultReveal)
+    return slot.reveal.message
+
+
+def _runtime_ms(manifest: dict[str, Any]) -> int | None:
+    metrics = manifest.get("metrics") or {}
+    value = metrics.get("total_ms") or metrics.get("wall_ms")
+    if isinstance(value, int | float):
+        return int(value)
+    return None

@@ -1,0 +1,383 @@
+"""The Lifecycle: attaches the client, worker and arbiter roles to a running Node, keeps
+the signed event log, the evidence behind reputation, and the settlement tasks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.app import Node, now_ms
+from node.chain.backends import rpc_chain
+from node.chain.client import EscrowClient
+from node.lifecycle.arbitration import Arbitration
+from node.lifecycle.client import ClientRole
+from node.lifecycle.escrow import AsyncEscrow
+from node.lifecycle.settings import ChainInfo, LifecycleSettings
+from node.lifecycle.settle import RefundKeeper, ReleaseBatcher
+from node.lifecycle.worker import WorkerJob, WorkerRole
+from protocol.envelope import SignedMessage, envelope_hash
+from protocol.errors import C0Error
+from protocol.jobs import job_id_text
+from protocol.messages import JobEvent, Message, Receipt
+from protocol.reputation import Evidence, Reputation, compute_reputation
+from protocol.settlement import EscrowTerms
+from protocol.state import TERMINAL, State
+
+__all__ = ["Lifecycle"]
+
+log = logging.getLogger("c0.lifecycle")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evidence (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    worker TEXT NOT NULL, job_class TEXT NOT NULL, kind TEXT NOT NULL,
+    job_id BLOB NOT NULL, source TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    runtime_ms INTEGER, UNIQUE (worker, kind, job_id, source)
+);
+CREATE TABLE IF NOT EXISTS envelopes (
+    hash BLOB PRIMARY KEY, type TEXT NOT NULL, job_id BLOB, sender TEXT NOT NULL,
+    envelope BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chain_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, chain_job_id TEXT NOT NULL, event TEXT NOT NULL,
+    tx TEXT NOT NULL, body TEXT NOT NULL, UNIQUE (chain_job_id, event, tx)
+);
+"""
+
+
+class Lifecycle:
+    """One per node. `await nursery.start(lifecycle.run)` after the node has started."""
+
+    def __init__(
+        self,
+        node: Node,
+        settings: LifecycleSettings,
+        chain: ChainInfo | None,
+        *,
+        escrow_client: EscrowClient | None = None,
+        chain_lock: trio.Lock | None = None,
+    ) -> None:
+        self.node = node
+        self.settings = settings
+        self.chain = chain
+        self.escrow: AsyncEscrow | None = None
+        if escrow_client is None and chain is not None:
+            w3chain = rpc_chain(chain.rpc_url, chain_id=chain.chain_id)
+            escrow_client = EscrowClient(w3chain, chain.escrow, node.identity.eth_account)  # type: ignore[arg-type]
+        if escrow_client is not None:
+            self.escrow = AsyncEscrow(escrow_client, chain_lock)
+        node.store.db.executescript(_SCHEMA)
+        self.client = ClientRole(self)
+        self.worker = WorkerRole(self)
+        self.arbitration = Arbitration(self)
+        self.releases = ReleaseBatcher(self)
+        self.refunds = RefundKeeper(self)
+        self._nursery: trio.Nursery | None = None
+        handlers: dict[str, Callable[[SignedMessage, str], Awaitable[Message | None]]] = {
+            "offer": self.worker.on_offer,
+            "assignment": self.worker.on_assignment,
+            "receipt": self.worker.on_receipt,
+            "heartbeat": self.client.on_heartbeat,
+            "decline": self.client.on_decline,
+            "result_commit": self.client.on_commit,
+            "result_reveal": self.client.on_reveal,
+            "dispute_open": self.arbitration.on_dispute,
+        }
+        for name, handler in handlers.items():
+            node.on(name, handler)
+        if not node.light and settings.execute:
+            node.update_ad(
+                runtimes={c: self.runtime_fingerprint(c) for c, _ in settings.prices},
+                prices=dict(settings.prices),
+                max_concurrent=settings.max_concurrent,
+            )
+
+    # ------------------------------------------------------------ running
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.escrow is not None:
+                if not self.node.light and self.settings.execute and self.settings.stake_wei:
+                    await self.escrow.ensure_stake(self.settings.stake_wei)
+                    self.node.update_ad(stake=self.settings.stake_wei)
+                nursery.start_soon(self.releases.run)
+                nursery.start_soon(self.refunds.run)
+            task_status.started()
+            self._resume()
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None:
+            raise C0Error("the lifecycle is not running", code="not_running")
+        self._nursery.start_soon(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except (C0Error, trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
+            log.warning("%s stopped: %s", getattr(fn, "__name__", fn), exc)
+
+    def _resume(self) -> None:
+        """Pick up the jobs a previous run of this node left unfinished."""
+        for rec in self.node.store.jobs():
+            if rec.role == "client" and State(rec.state) not in TERMINAL:
+                self.spawn(self.client.drive, rec.job_id)
+
+    # ------------------------------------------------------------ records
+    def store_job(self, job_id: bytes, role: str, state: str, data: dict[str, Any]) -> None:
+        self.node.store.put_job(job_id, role=role, state=str(state), data=data)
+
+    def event(
+        self,
+        job_id: bytes,
+        attempt: int,
+        state: str,
+        *,
+        worker: str | None = None,
+        artifact: bytes | None = None,
+        duration_ms: int | None = None,
+        exit_code: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> bytes:
+        """Append a signed JobEvent; inference events carry the prompt's hash only."""
+        rec = self.node.store.get_job(job_id)
+        prompt_hash = None
+        if rec is not None and rec.data.get("spec", {}).get("job_class") == "llm.generate":
+            import hashlib
+
+            prompt = str(rec.data["spec"]["params"].get("prompt", ""))
+            prompt_hash = hashlib.sha256(prompt.encode()).digest()
+        started = rec.data.get("submitted_ms") if rec is not None else None
+        event = JobEvent(
+            job_id=job_id,
+            attempt=attempt,
+            state=state,
+            worker_did=worker,
+            artifact_hash=artifact,
+            duration_ms=duration_ms
+            if duration_ms is not None
+            else (now_ms() - int(started) if started else None),
+            exit_code=exit_code,
+            timestamp=now_ms(),
+            prompt_hash=prompt_hash,
+            prev=bytes(32),
+            detail=json.loads(json.dumps(detail or {}, default=str)),
+        )
+        return self.node.events.append(event)
+
+    def record_worker(
+        self,
+        job: WorkerJob,
+        state: str,
+        *,
+        exit_code: int | None = None,
+        artifact_hash: bytes | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        offer = job.offer
+        key = offer.job_id
+        rec = self.node.store.get_job(key)
+        data = rec.data if rec is not None and rec.role == "worker" else {}
+        data.update(
+            {
+                "job_class": offer.spec.job_class,
+                "attempt": offer.attempt,
+                "client": offer.spec.client,
+                "price": job.assignment.payouts[job.assignment.workers.index(self.node.did)]
+                if job.assignment
+                else None,
+                "chain_job_id": job.terms.job_id.hex() if job.terms else None,
+                **(extra or {}),
+            }
+        )
+        if rec is None or rec.role == "worker":
+            self.store_job(key, "worker", state, data)
+        self.event(
+            key,
+            offer.attempt,
+            _worker_state(state),
+            worker=self.node.did,
+            artifact=artifact_hash,
+            exit_code=exit_code,
+            detail={"phase": state},
+        )
+
+    def store_evidence(self, signed: SignedMessage) -> None:
+        msg = signed.message
+        self.node.store.db.execute(
+            "INSERT OR IGNORE INTO envelopes (hash, type, job_id, sender, envelope)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                envelope_hash(signed.raw),
+                msg.TYPE,
+                getattr(msg, "job_id", None),
+                signed.sender,
+                signed.raw,
+            ),
+        )
+
+    def evidence_envelope(self, type_name: str, job_id: bytes, sender: str) -> bytes | None:
+        row = self.node.store.db.execute(
+            "SELECT envelope FROM envelopes WHERE type=? AND job_id=? AND sender=?"
+            " ORDER BY rowid DESC LIMIT 1",
+            (type_name, job_id, sender),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def add_evidence(
+        self,
+        worker: str,
+        job_class: str,
+        kind: str,
+        job_id: bytes,
+        source: str,
+        *,
+        runtime_ms: int | None = None,
+    ) -> None:
+        kind = {"failed": "timeout"}.get(kind, kind)
+        self.node.store.db.execute(
+            "INSERT OR IGNORE INTO evidence (worker, job_class, kind, job_id, source, at_ms,"
+            " runtime_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (worker, job_class, kind, job_id, source, now_ms(), runtime_ms),
+        )
+
+    def evidence(self, worker: str | None = None) -> list[Evidence]:
+        sql = "SELECT worker, job_class, kind, job_id, source, at_ms, runtime_ms FROM evidence"
+        args: tuple[Any, ...] = ()
+        if worker is not None:
+            sql, args = sql + " WHERE worker=?", (worker,)
+        return [
+            Evidence(
+                r[0],
+                r[1],
+                r[2],
+                r[5],
+                job_id=bytes(r[3]),
+                runtime_ms=r[6],
+                source=r[4],
+                hw_class=self._hw_class(r[0]),
+            )
+            for r in self.node.store.db.execute(sql, args)
+        ]
+
+    def _hw_class(self, did: str) -> str:
+        worker = self.node.caps.get(did)
+        if worker is None:
+            return ""
+        hw = worker.ad.hardware
+        return str(hw.get("hw_class") or f"cpu-{hw.get('cpu_cores', '?')}")
+
+    def reputation_of(self, did: str, job_class: str) -> Reputation:
+        return compute_reputation(self.evidence(did), worker=did, job_class=job_class, now=now_ms())
+
+    def chain_event(self, event: str, terms_json: dict[str, Any], tx: str) -> None:
+        self.node.store.db.execute(
+            "INSERT OR IGNORE INTO chain_events (chain_job_id, event, tx, body) VALUES (?,?,?,?)",
+            (terms_json["job_id"], event, tx, json.dumps(terms_json)),
+        )
+
+    async def chain_events_for(self, chain_job_id: bytes | None = None) -> list[dict[str, Any]]:
+        """Escrow events from the chain itself (never from our own records)."""
+        escrow = self.escrow
+        if escrow is None:
+            return []
+        events = await escrow.call(escrow.client.job_events)
+        if chain_job_id is None:
+            return events
+        want = "0x" + chain_job_id.hex()
+        return [e for e in events if str(e.get("job_id", "")).lower() == want]
+
+    # ------------------------------------------------------------ peers
+    def arbiter_address(self) -> str:
+        if self.settings.arbiter:
+            return self.settings.arbiter
+        if self.chain is not None and self.chain.arbiter:
+            return self.chain.arbiter
+        return self.node.identity.eth_address
+
+    def peer_of_eth(self, address: str) -> str | None:
+        if address.lower() == self.node.identity.eth_address.lower():
+            return self.node.peer_id
+        for worker in self.node.caps.values():
+            if worker.ad.eth_address.lower() == address.lower():
+                return worker.ad.peer_id
+        return None
+
+    def did_of_eth(self, address: str) -> str | None:
+        for did, worker in self.node.caps.items():
+            if worker.ad.eth_address.lower() == address.lower():
+                return did
+        return None
+
+    def runtime_fingerprint(self, job_class: str) -> dict[str, Any]:
+        from node.executors.runtime import base_runtime, llm_runtime, media_runtime
+
+        if job_class == "llm.generate":
+            return llm_runtime(1)
+        if job_class.startswith("media."):
+            return media_runtime(1)
+        return base_runtime(1)
+
+    async def send_quietly(self, peer: str, message: Message, *, tries: int = 5) -> bool:
+        """Deliver a message, retrying a few times with backoff; False if it never lands."""
+        envelope = self.node.seal(message, ttl_ms=300_000)
+        delay = 0.2
+        for _ in range(tries):
+            try:
+                await self.node.send(peer, envelope, timeout=10.0)
+                return True
+            except (C0Error, trio.BrokenResourceError, OSError) as exc:
+                if getattr(exc, "code", "") in ("unknown_job", "protocol_violation"):
+                    return False  # the peer understood and refused: retrying will not help
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return False
+
+    async def send_receipts(
+        self, job_id: bytes, terms: EscrowTerms, info: dict[str, Any], signature: bytes
+    ) -> None:
+        """Tell each paid worker, with the EIP-712 signature the chain accepted: the
+        receipt, signed by the client and countersigned by the worker, is evidence."""
+        passed = (info.get("outcome") or {}).get("passed") or []
+        reveal = self.evidence_envelope("result_reveal", job_id, passed[0]) if passed else None
+        result_hash = bytes(32)
+        if reveal is not None:
+            from protocol.envelope import open_envelope
+
+            msg = open_envelope(reveal, now=0).message
+            result_hash = getattr(msg, "result_hash", result_hash)
+        receipt = Receipt(
+            job_id=job_id,
+            result_hash=result_hash,
+            workers=tuple(a.worker for a in terms.assignments),
+            payouts=tuple(a.payout for a in terms.assignments),
+            eip712_sig=signature,
+        )
+        for worker in info["workers"]:
+            await self.send_quietly(worker["peer"], receipt, tries=2)
+
+    def job_label(self, job_id: bytes) -> str:
+        return job_id_text(job_id)
+
+    def results_dir(self) -> Path:
+        return self.node.home / "results"
+
+
+def _worker_state(phase: str) -> str:
+    return {
+        "assigned": "assigned",
+        "running": "running",
+        "failed": "failed",
+        "committed": "committed",
+        "revealed": "revealed",
+        "client_unreachable": "submitted",
+        "released": "released",
+        "committed_on_chain": "committed",
+        "revealed_on_chain": "revealed",
+        "claimed": "claimed",
+        "claim_failed": "failed",
+    }.get(phase, "running")

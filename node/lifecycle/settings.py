@@ -1,0 +1,103 @@
+"""Lifecycle settings (`<home>/lifecycle.toml`, optional) and the chain a node settles on
+(`<home>/chain.json`, written by `c0 testnet up` or by the operator)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import UserError
+
+__all__ = [
+    "CHAIN_FILE",
+    "SETTINGS_FILE",
+    "ChainInfo",
+    "LifecycleSettings",
+    "load_chain",
+    "load_settings",
+]
+
+CHAIN_FILE = "chain.json"
+SETTINGS_FILE = "lifecycle.toml"
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """Timing, pricing and policy of the job lifecycle; every field has a default."""
+
+    # worker side
+    execute: bool = True  # a full node runs jobs; a light node never does
+    prices: tuple[tuple[str, int], ...] = (
+        ("noop", 10**12),
+        ("media.probe", 10**13),
+        ("media.thumbnail", 10**13),
+        ("media.segment", 10**14),
+        ("media.transcode", 10**15),
+        ("llm.generate", 10**15),
+    )
+    max_concurrent: int = 2
+    stake_wei: int = 10**17  # staked at start when the node has no stake yet
+    stake_lock_wei: int = 10**14  # locked per job; lost to the client for a wrong result
+    heartbeat_s: float = 1.0
+    # the behaviour a researcher injects: "honest", "wrong_output", "copy_commit"
+    behaviour: str = "honest"
+    # client side
+    offer_fanout: int = 2  # offers sent = redundancy + this
+    bid_timeout_s: float = 5.0
+    heartbeat_timeout_s: float = 10.0
+    start_timeout_s: float = 30.0
+    max_attempts: int = 3
+    deposit_wei: int = 10**18  # topped up to before opening escrows
+    release_batch: int = 50
+    release_interval_s: float = 0.2
+    default_deadline_s: int = 300
+    arbiter: str = ""  # Ethereum address named in the terms; default: the chain file's
+    reputation_threshold: float = 0.3
+
+    def price(self, job_class: str) -> int:
+        return dict(self.prices)[job_class]
+
+
+@dataclass(frozen=True)
+class ChainInfo:
+    rpc_url: str
+    chain_id: int
+    escrow: str
+    arbiter: str = ""
+
+
+def load_settings(home: Path, **overrides: Any) -> LifecycleSettings:
+    path = home / SETTINGS_FILE
+    values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: {exc}") from None
+    if "prices" in values:
+        values["prices"] = tuple(sorted(values["prices"].items()))
+    known = {f.name for f in dataclasses.fields(LifecycleSettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    return LifecycleSettings(**{**values, **overrides})
+
+
+def load_chain(home: Path) -> ChainInfo | None:
+    path = home / CHAIN_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return ChainInfo(
+            str(data["rpc_url"]),
+            int(data["chain_id"]),
+            str(data["escrow"]),
+            str(data.get("arbiter", "")),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not a chain description: {exc}") from None

@@ -1,0 +1,121 @@
+"""Settlement tasks of a client node: batched releases and refunds at the deadline."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.chain.client import TxResult
+from node.lifecycle.escrow import terms_to_json
+from protocol.settlement import STATUS_DISPUTED, STATUS_OPEN, EscrowTerms, SettlementError
+
+if TYPE_CHECKING:
+    from node.lifecycle.service import Lifecycle
+
+__all__ = ["RefundKeeper", "ReleaseBatcher"]
+
+log = logging.getLogger("c0.settle")
+
+
+@dataclass
+class _Pending:
+    terms: EscrowTerms
+    done: trio.Event = field(default_factory=trio.Event)
+    tx: TxResult | None = None
+    signature: bytes = b""
+
+
+class ReleaseBatcher:
+    """Collects verified jobs for a short interval and releases them in one transaction."""
+
+    def __init__(self, lc: Lifecycle) -> None:
+        self.lc = lc
+        self.queue: list[_Pending] = []
+        self._wake = trio.Event()
+        self.batches: list[dict[str, Any]] = []  # for the demo's gas summary
+
+    async def release(self, terms: EscrowTerms) -> tuple[TxResult, bytes] | None:
+        """Queue one job; return (its share of the batch tx, the batch signature)."""
+        pending = _Pending(terms)
+        self.queue.append(pending)
+        self._wake.set()
+        await pending.done.wait()
+        return None if pending.tx is None else (pending.tx, pending.signature)
+
+    async def run(self) -> None:
+        s = self.lc.settings
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(s.release_interval_s)  # pacing: let more verdicts join the batch
+            while self.queue:
+                batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
+                await self._release(batch)
+
+    async def _release(self, batch: list[_Pending]) -> None:
+        escrow = self.lc.escrow
+        assert escrow is not None
+        try:
+            tx, signature = await escrow.release([p.terms for p in batch])
+        except SettlementError as exc:
+            log.warning("release of %d job(s) refused: %s", len(batch), exc.message)
+            for pending in batch:
+                pending.done.set()
+            return
+        share = TxResult(tx.tx, tx.block, tx.gas_used // len(batch), tx.events)
+        self.batches.append({"tx": tx.tx, "jobs": len(batch), "gas": tx.gas_used})
+        for pending in batch:
+            pending.tx, pending.signature = share, signature
+            pending.done.set()
+
+
+class RefundKeeper:
+    """Escrows of failed attempts and abandoned jobs, refunded once their deadline passes."""
+
+    def __init__(self, lc: Lifecycle) -> None:
+        self.lc = lc
+        self.pending: dict[bytes, EscrowTerms] = {}
+        self.refunded: dict[bytes, str] = {}  # chain job id -> tx
+        self.closed: set[bytes] = set()
+        self._changed = trio.Event()
+
+    def add(self, terms: EscrowTerms) -> None:
+        if terms.job_id not in self.refunded and terms.job_id not in self.closed:
+            self.pending[terms.job_id] = terms
+
+    async def wait_all(self, job_id: bytes, data: dict[str, Any]) -> None:
+        ids = {bytes.fromhex(info["terms"]["job_id"]) for info in data["attempts"].values()}
+        while ids - set(self.refunded) - self.closed:
+            await self._changed.wait()
+        data["refunds"] = {i.hex(): self.refunded.get(i) for i in ids}
+
+    async def run(self) -> None:
+        escrow = self.lc.escrow
+        assert escrow is not None
+        while True:
+            if self.pending:
+                now = await escrow.now()
+                for chain_id, terms in list(self.pending.items()):
+                    status = await escrow.status(chain_id)
+                    if status not in (STATUS_OPEN, STATUS_DISPUTED):
+                        self.closed.add(chain_id)  # released, claimed, refunded or resolved
+                        del self.pending[chain_id]
+                        self._changed.set()
+                        self._changed = trio.Event()
+                        continue
+                    if status == STATUS_OPEN and now >= terms.common.deadline:
+                        try:
+                            tx = await escrow.call(escrow.client.refund, terms)
+                        except SettlementError as exc:
+                            log.warning("refund %s: %s", chain_id.hex()[:12], exc.message)
+                            self.closed.add(chain_id)
+                        else:
+                            self.refunded[chain_id] = tx.tx
+                            self.lc.chain_event("refunded", terms_to_json(terms), tx.tx)
+                        del self.pending[chain_id]
+                        self._changed.set()
+                        self._changed = trio.Event()
+            await trio.sleep(1.0)  # the chain's clock moves in whole seconds

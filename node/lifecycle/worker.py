@@ -1,0 +1,309 @@
+"""The worker role: bid on offers, check the escrow, run the job, commit, reveal, and
+claim on chain if the client vanishes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node.app import now_ms
+from node.executors import ChildProcessExecutor, ExecutionRequest, ExecutionResult
+from node.lifecycle.escrow import terms_from_json, terms_on_chain
+from node.lifecycle.faults import tamper_result
+from protocol.envelope import SignedMessage
+from protocol.errors import C0Error
+from protocol.jobs import job_id_text
+from protocol.messages import (
+    Accept,
+    Assignment,
+    Bid,
+    Decline,
+    Heartbeat,
+    Message,
+    Offer,
+    Receipt,
+    ResultCommit,
+    ResultReveal,
+)
+from protocol.results import result_digest
+from protocol.settlement import STATUS_SETTLED, EscrowTerms, SettlementError, commit_hash
+
+if TYPE_CHECKING:
+    from node.lifecycle.service import Lifecycle
+
+__all__ = ["WorkerRole"]
+
+log = logging.getLogger("c0.worker")
+
+
+class Refused(C0Error):
+    """A request this worker declines on purpose; the reason goes back as an error frame."""
+
+
+@dataclass
+class WorkerJob:
+    offer: Offer
+    client_peer: str
+    assignment: Assignment | None = None
+    terms: EscrowTerms | None = None
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    released: trio.Event = field(default_factory=trio.Event)
+
+
+class WorkerRole:
+    """Handlers for offer, assignment and receipt; one task per accepted attempt."""
+
+    def __init__(self, lc: Lifecycle) -> None:
+        self.lc = lc
+        self.jobs: dict[tuple[bytes, int], WorkerJob] = {}
+        self.running = 0
+        self.approved: set[str] = set()
+        self.work_root = lc.node.home / "work"
+
+    # ------------------------------------------------------------ handlers
+    async def on_offer(self, signed: SignedMessage, peer: str) -> Message:
+        offer = signed.message
+        assert isinstance(offer, Offer)
+        lc, s = self.lc, self.lc.settings
+        if signed.sender != offer.spec.client:
+            raise Refused("the offer is not signed by the job's client", code="wrong_client")
+
+        def decline(reason: str, detail: str = "") -> Decline:
+            return Decline(job_id=offer.job_id, attempt=offer.attempt, reason=reason, detail=detail)
+
+        if not s.execute or lc.node.light:
+            return decline("not_a_worker")
+        if lc.escrow is None or lc.chain is None:
+            return decline("no_chain", "this worker settles on no chain")
+        if offer.chain_id != lc.chain.chain_id or offer.escrow.lower() != lc.chain.escrow.lower():
+            return decline("wrong_chain", f"this worker settles on {lc.chain.escrow}")
+        price = dict(s.prices).get(offer.spec.job_class)
+        if price is None:
+            return decline("unsupported_class", offer.spec.job_class)
+        if price > offer.max_price:
+            return decline("price", f"price {price} > max {offer.max_price}")
+        if self.running >= s.max_concurrent:
+            return decline("busy")
+        if offer.deadline <= now_ms():
+            return decline("deadline_passed")
+        if s.stake_lock_wei and offer.client_eth not in self.approved:
+            # One approval per client covers many jobs; the escrow takes locks from it.
+            await lc.escrow.approve_stake(offer.client_eth, s.stake_lock_wei * 1000)
+            self.approved.add(offer.client_eth)
+        self.jobs[(offer.job_id, offer.attempt)] = WorkerJob(offer, peer)
+        held = [n for n, ref in offer.spec.inputs.items() if lc.node.blobs.has(ref.sha256)]
+        return Bid(
+            job_id=offer.job_id,
+            attempt=offer.attempt,
+            price=price,
+            eta_ms=1000,
+            eth_address=lc.node.identity.eth_address,
+            runtime=lc.runtime_fingerprint(offer.spec.job_class),
+            has_inputs=tuple(held),
+        )
+
+    async def on_assignment(self, signed: SignedMessage, peer: str) -> Message:
+        a = signed.message
+        assert isinstance(a, Assignment)
+        job = self.jobs.get((a.job_id, a.attempt))
+        if job is None or signed.sender != job.offer.spec.client:
+            raise Refused("no offer of this client for this job and attempt", code="unknown_job")
+        if a.worker != self.lc.node.did:
+            raise Refused("the assignment names another worker", code="wrong_worker")
+        try:
+            terms = terms_from_json(a.terms)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Refused(f"bad terms: {exc}", code="bad_terms") from None
+        me = self.lc.node.identity.eth_address.lower()
+        mine = [x for x in terms.assignments if x.worker.lower() == me]
+        if (
+            terms.job_id != a.chain_job_id
+            or self.lc.escrow is None
+            or self.lc.escrow.terms_hash(terms) != a.terms_hash
+            or len(mine) != 1
+            or terms.common.client.lower() != job.offer.client_eth.lower()
+        ):
+            raise Refused("terms do not match the assignment", code="bad_terms")
+        # The escrow must hold the money before any work starts.
+        if not await terms_on_chain(self.lc.escrow, terms):
+            raise Refused("no open escrow with these terms on chain", code="not_funded")
+        job.assignment, job.terms = a, terms
+        self.lc.record_worker(job, "assigned")
+        self.running += 1
+        self.lc.spawn(self._run, job)
+        return Accept(job_id=a.job_id, attempt=a.attempt, terms_hash=a.terms_hash)
+
+    async def on_receipt(self, signed: SignedMessage, peer: str) -> None:
+        receipt = signed.message
+        assert isinstance(receipt, Receipt)
+        for (job_id, _attempt), job in self.jobs.items():
+            if job_id == receipt.job_id and signed.sender == job.offer.spec.client:
+                job.released.set()
+                self.lc.store_evidence(signed)
+        return None
+
+    # ------------------------------------------------------------ execution
+    async def _run(self, job: WorkerJob) -> None:
+        assert job.assignment is not None
+        assert job.terms is not None
+        offer, lc = job.offer, self.lc
+        try:
+            with job.cancel:
+                inputs = await self._fetch_inputs(job)
+                result = await self._execute(job, inputs)
+                if not result.ok:
+                    lc.record_worker(job, "failed", exit_code=result.exit_code)
+                    await lc.send_quietly(
+                        job.client_peer,
+                        Decline(
+                            job_id=offer.job_id,
+                            attempt=offer.attempt,
+                            reason=str(result.error_code),
+                            detail=str(result.manifest["error"]["message"])[:500],
+                        ),
+                    )
+                    return
+                await self._submit(job, result)
+        finally:
+            self.running -= 1
+
+    async def _fetch_inputs(self, job: WorkerJob) -> dict[str, Path]:
+        paths = {}
+        providers = [*job.offer.input_providers, job.client_peer]
+        for name, ref in job.offer.spec.inputs.items():
+            last: Exception | None = None
+            for peer in providers:
+                try:
+                    paths[name] = await self.lc.node.blobs.fetch(peer, ref.sha256, ref.size)
+                    break
+                except (C0Error, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                    last = exc
+            else:
+                raise Refused(f"input {name!r} unavailable: {last}", code="input_unavailable")
+        return paths
+
+    async def _execute(self, job: WorkerJob, inputs: dict[str, Path]) -> ExecutionResult:
+        offer = job.offer
+        out = self.work_root / job_id_text(offer.job_id) / str(offer.attempt)
+        if out.exists():
+            shutil.rmtree(out)  # a restarted attempt starts clean
+        out.mkdir(parents=True)
+        executor = ChildProcessExecutor(offer.spec.job_class)
+        request = ExecutionRequest(offer.spec, inputs, out, attempt=offer.attempt)
+        execution = executor.start(request)
+        self.lc.record_worker(job, "running")
+        try:
+            while True:
+                result = await trio.to_thread.run_sync(
+                    executor.wait, execution, self.lc.settings.heartbeat_s
+                )
+                if result is not None:
+                    return result
+                await self.lc.send_quietly(
+                    job.client_peer,
+                    Heartbeat(
+                        job_id=offer.job_id, attempt=offer.attempt, phase="run", progress=0.5
+                    ),
+                )
+        finally:
+            executor.cancel(execution)  # a no-op once done; kills the child if we are cancelled
+
+    async def _submit(self, job: WorkerJob, result: ExecutionResult) -> None:
+        offer, lc = job.offer, self.lc
+        assert job.terms is not None
+        assert lc.escrow is not None
+        manifest = result.manifest
+        if lc.settings.behaviour in ("wrong_output", "lazy"):
+            manifest = tamper_result(result.path.parent, manifest, lc.settings.behaviour)
+        for artifact in manifest["artifacts"]:
+            lc.node.blobs.put_file(result.path.parent / artifact["path"])
+        result_hash = result_digest(manifest)
+        salt = os.urandom(32)
+        me = lc.node.identity.eth_address
+        commitment = commit_hash(result_hash, me, salt)
+        job_key = job_id_text(offer.job_id)
+        lc.record_worker(
+            job,
+            "committed",
+            artifact_hash=result_hash,
+            extra={"salt": salt.hex(), "result_hash": result_hash.hex()},
+        )
+        commit = ResultCommit(job_id=offer.job_id, attempt=offer.attempt, commitment=commitment)
+        reveal = ResultReveal(
+            job_id=offer.job_id,
+            attempt=offer.attempt,
+            manifest=json.loads(json.dumps(manifest)),
+            result_hash=result_hash,
+            salt=salt,
+        )
+        delivered = await lc.send_quietly(job.client_peer, commit)
+        delivered = delivered and await lc.send_quietly(job.client_peer, reveal)
+        lc.record_worker(job, "revealed" if delivered else "client_unreachable")
+        log.info(
+            "job %s attempt %d: %s",
+            job_key,
+            offer.attempt,
+            "revealed to client" if delivered else "client unreachable",
+        )
+        await self._await_payment(job, result_hash, salt, commitment)
+
+    # ------------------------------------------------------------ claim path
+    async def _await_payment(
+        self, job: WorkerJob, result_hash: bytes, salt: bytes, commitment: bytes
+    ) -> None:
+        """Wait for the client's release; if none comes before the commit deadline, commit
+        on chain, reveal after it, and claim after the deadline."""
+        lc = self.lc
+        terms = job.terms
+        assert terms is not None
+        assert lc.escrow is not None
+        escrow = lc.escrow
+        margin = 5
+        chain_now = await escrow.now()
+        wait_s = max(0.0, terms.common.commit_deadline - margin - chain_now)
+        with trio.move_on_after(wait_s):
+            while await escrow.status(terms.job_id) != STATUS_SETTLED:
+                with trio.move_on_after(1.0):
+                    await job.released.wait()
+        if await escrow.status(terms.job_id) == STATUS_SETTLED:
+            lc.record_worker(job, "released")
+            return
+        # The client has not paid in time: secure a claim on chain.
+        try:
+            await escrow.call(escrow.client.commit, terms, commitment)
+            lc.record_worker(job, "committed_on_chain")
+            await self._sleep_until_chain(terms.common.commit_deadline)
+            await escrow.call(escrow.client.reveal, terms, result_hash, salt)
+            lc.record_worker(job, "revealed_on_chain")
+            await self._sleep_until_chain(terms.common.deadline)
+            if await escrow.status(terms.job_id) == STATUS_SETTLED:
+                lc.record_worker(job, "released")
+                return
+            await escrow.call(escrow.client.claim, terms, result_hash)
+            lc.record_worker(job, "claimed")
+        except SettlementError as exc:
+            log.warning("claim path for %s: %s", job_id_text(job.offer.job_id), exc.message)
+            lc.record_worker(job, "claim_failed", extra={"reason": exc.reason})
+
+    async def _sleep_until_chain(self, target: int) -> None:
+        """Wait until the chain's clock passes `target` (bounded: checks once a second)."""
+        assert self.lc.escrow is not None
+        for _ in range(3600):
+            now = await self.lc.escrow.now()
+            if now > target:
+                return
+            await trio.sleep(min(1.0, target - now + 0.1))
+
+    # ------------------------------------------------------------ introspection
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"job_id": job_id_text(j), "attempt": a, "assigned": w.assignment is not None}
+            for (j, a), w in self.jobs.items()
+        ]
