@@ -96,11 +96,19 @@ async def serve(
 
 
 async def _main(home: Path, config: NodeConfig, ready_line: bool) -> None:
+    from node.lifecycle import Lifecycle
+    from node.lifecycle.control import register_job_commands
+    from node.lifecycle.settings import load_chain, load_settings
+
     identity = load_identity(home)
     node = Node(identity, config, home)
+    overrides = {"execute": False} if config.light else {}
+    lifecycle = Lifecycle(node, load_settings(home, **overrides), load_chain(home))
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve, node)
+            server = await nursery.start(serve, node)
+            register_job_commands(server, lifecycle)
+            await nursery.start(lifecycle.run)
             if ready_line:
                 addrs = " ".join(node.transport.listen_addrs())
                 print(f"c0 node {node.peer_id} listening on {addrs}", flush=True)

@@ -138,7 +138,7 @@ class Arbitration:
         if size > _MAX_BUNDLE:
             raise PeerProtocolError("oversized", "dispute bundle too large")
         path = await lc.node.blobs.fetch(peer, digest, size)
-        raw = Path(path).read_bytes()
+        raw = await trio.Path(path).read_bytes()
         if len(raw) > _MAX_BUNDLE:
             raise PeerProtocolError("oversized", "dispute bundle too large")
         bundle = codec.decode(raw, codec.DecodeLimits(max_size=_MAX_BUNDLE))
