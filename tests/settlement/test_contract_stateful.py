@@ -441,8 +441,8 @@ class EscrowMachine(RuleBasedStateMachine):
 
 
 EscrowMachine.TestCase.settings = settings(
-    max_examples=8,
-    stateful_step_count=20,
+    max_examples=6,
+    stateful_step_count=18,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
