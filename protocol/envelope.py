@@ -157,7 +157,7 @@ def envelope_hash(raw: bytes) -> bytes:
 def open_envelope(
     data: bytes,
     *,
-    now: int,
+    now: int | None,
     replay_guard: ReplayGuard | None = None,
     max_size: int = MAX_ENVELOPE_SIZE,
 ) -> SignedMessage:
@@ -165,6 +165,8 @@ def open_envelope(
 
     Checks, in order: size, structure, algorithm, kid, signature, canonical payload,
     message type and fields, sender == kid, expiry against `now`, replay.
+    `now=None` re-checks stored evidence: expiry is judged at the envelope's own
+    creation time, so a signed record stays verifiable after it has expired.
     """
     # 1. size
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -238,6 +240,8 @@ def open_envelope(
     # 9. expiry
     if not created < expires <= created + MAX_TTL_MS:
         raise PeerProtocolError("expired", "lifetime is empty or longer than allowed")
+    if now is None:
+        now = created
     if expires <= now:
         raise PeerProtocolError("expired", f"expired at {expires}, now {now}")
     if created > now + MAX_CLOCK_SKEW_MS:

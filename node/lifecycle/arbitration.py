@@ -150,12 +150,12 @@ class Arbitration:
         # Who is who: each worker's signed bid binds its DID to its payee address.
         eth_of: dict[str, str] = {}
         for raw_bid in bundle["bids"]:
-            bid = open_envelope(bytes(raw_bid), now=0)
+            bid = open_envelope(bytes(raw_bid), now=None)
             if isinstance(bid.message, Bid) and bid.message.job_id == msg.job_id:
                 eth_of[bid.sender] = bid.message.eth_address.lower()
         reveals: dict[str, ResultReveal] = {}
         for raw_reveal in bundle["reveals"]:
-            rv = open_envelope(bytes(raw_reveal), now=0)
+            rv = open_envelope(bytes(raw_reveal), now=None)
             if isinstance(rv.message, ResultReveal) and rv.message.job_id == msg.job_id:
                 reveals[rv.sender] = rv.message
         work = lc.node.home / "arbitration" / job_id_text(msg.job_id)

@@ -414,7 +414,7 @@ class ClientRole:
         for did, commit in info["commits"].items():
             slots[did].commitment = bytes.fromhex(commit)
         for did, raw in info["reveals"].items():
-            slots[did].reveal = open_envelope(bytes.fromhex(raw), now=0)
+            slots[did].reveal = open_envelope(bytes.fromhex(raw), now=None)
         attempt = Attempt(number, slots, terms_from_json(info["terms"]))
         self.active[(job_id, number)] = attempt
         self.lc.event(job_id, number, "resumed", detail={"state": str(machine.state)})

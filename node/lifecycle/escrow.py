@@ -4,6 +4,7 @@ per attempt, and terms as JSON for the job records and dispute bundles."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -70,7 +71,10 @@ class AsyncEscrow:
             return await trio.to_thread.run_sync(fn, *args)
 
     async def now(self) -> int:
-        return await self.call(self.client.chain.now)
+        """The time the next block will carry: the latest block's time lags the clock when
+        nothing is mined, and a dev chain may run ahead of it (time travel)."""
+        latest = await self.call(self.client.chain.now)
+        return max(latest, int(time.time()))
 
     async def open(self, batch: Sequence[EscrowTerms]) -> TxResult:
         return await self.call(self.client.open, list(batch))

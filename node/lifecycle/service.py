@@ -348,7 +348,7 @@ class Lifecycle:
         if reveal is not None:
             from protocol.envelope import open_envelope
 
-            msg = open_envelope(reveal, now=0).message
+            msg = open_envelope(reveal, now=None).message
             result_hash = getattr(msg, "result_hash", result_hash)
         receipt = Receipt(
             job_id=job_id,

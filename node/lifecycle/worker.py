@@ -299,7 +299,7 @@ class WorkerRole:
             now = await self.lc.escrow.now()
             if now > target:
                 return
-            await trio.sleep(min(1.0, target - now + 0.1))
+            await trio.sleep(min(1.0, target - now + 0.1))  # the chain clock ticks in seconds
 
     # ------------------------------------------------------------ introspection
     def describe(self) -> list[dict[str, Any]]:

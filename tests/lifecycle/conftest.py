@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -16,19 +16,82 @@ from node.chain.client import EscrowClient
 from node.config import NodeConfig
 from node.lifecycle import ChainInfo, Lifecycle, LifecycleSettings
 from node.net.memory import MemoryHub
+from protocol.identity import Identity
 from tests.net.conftest import ident
+
+Settings = Callable[[int], LifecycleSettings]
 
 
 @dataclass
 class Swarm:
+    tmp: Path
     chain: Chain
     escrow_address: str
-    nodes: list[Node]
-    lifecycles: list[Lifecycle]
+    info: ChainInfo
+    hub: MemoryHub
+    lock: trio.Lock
+    nursery: trio.Nursery
+    settings: Settings
+    identities: list[Identity]
+    lifecycles: list[Lifecycle | None] = field(default_factory=list)
+    scopes: list[trio.CancelScope | None] = field(default_factory=list)
 
     @property
     def client(self) -> Lifecycle:
-        return self.lifecycles[0]
+        lc = self.lifecycles[0]
+        assert lc is not None
+        return lc
+
+    def lc(self, i: int) -> Lifecycle:
+        lc = self.lifecycles[i]
+        assert lc is not None
+        return lc
+
+    def balance(self, i: int) -> int:
+        return self.client_escrow().balance(self.identities[i].eth_address)
+
+    def stake(self, i: int) -> int:
+        return self.client_escrow().stake_of(self.identities[i].eth_address)
+
+    def client_escrow(self) -> EscrowClient:
+        return EscrowClient(self.chain, self.escrow_address, self.identities[0].eth_account)  # type: ignore[arg-type]
+
+    async def start(self, i: int) -> Lifecycle:
+        identity = self.identities[i]
+        node = Node(
+            identity,
+            NodeConfig(),
+            self.tmp / f"n{i}",
+            transport=self.hub.transport(identity.peer_id),
+        )
+        base = self.settings(i)
+        if i == 0:
+            base = dataclasses.replace(base, execute=False)
+        client = EscrowClient(self.chain, self.escrow_address, identity.eth_account)  # type: ignore[arg-type]
+        lc = Lifecycle(node, base, self.info, escrow_client=client, chain_lock=self.lock)
+        scope = await self.nursery.start(_run, node, lc)
+        self.lifecycles[i], self.scopes[i] = lc, scope
+        return lc
+
+    def kill(self, i: int) -> None:
+        """Stop node `i` at once, as a crash would (its transport leaves the network)."""
+        scope = self.scopes[i]
+        assert scope is not None
+        scope.cancel()
+        self.scopes[i] = None
+
+
+async def _run(
+    node: Node,
+    lc: Lifecycle,
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(lc.run)
+            task_status.started(scope)
 
 
 def fund(chain: Chain, address: str, wei: int) -> None:
@@ -42,42 +105,35 @@ async def memory_swarm(
     tmp: Path,
     workers: int,
     *,
-    settings: Callable[[int], LifecycleSettings] | None = None,
+    settings: Settings | None = None,
     arbiter_index: int | None = None,
 ) -> AsyncIterator[Swarm]:
     """Node 0 is the client (executes nothing); nodes 1..workers run jobs."""
     chain = embedded_chain()
     escrow, _ = EscrowClient.deploy(chain, chain.dev_account(0))
-    hub = MemoryHub()
-    lock = trio.Lock()
-    nodes: list[Node] = []
-    lifecycles: list[Lifecycle] = []
-    config = NodeConfig()
-    for i in range(workers + 1):
-        identity = ident(100 + i)
+    identities = [ident(100 + i) for i in range(workers + 1)]
+    for identity in identities:
         fund(chain, identity.eth_address, 10**19)
-        node = Node(identity, config, tmp / f"n{i}", transport=hub.transport(identity.peer_id))
-        nodes.append(node)
-    arbiter = nodes[arbiter_index].identity.eth_address if arbiter_index is not None else ""
+    arbiter = identities[arbiter_index].eth_address if arbiter_index is not None else ""
     info = ChainInfo("embedded", chain.chain_id, escrow.address, arbiter)
-    for i, node in enumerate(nodes):
-        base = settings(i) if settings else LifecycleSettings()
-        if i == 0:
-            base = _replace(base, execute=False)
-        client = EscrowClient(chain, escrow.address, node.identity.eth_account)  # type: ignore[arg-type]
-        lifecycles.append(Lifecycle(node, base, info, escrow_client=client, chain_lock=lock))
     async with trio.open_nursery() as nursery:
-        for node, lc in zip(nodes, lifecycles, strict=True):
-            await nursery.start(node.run)
-            await nursery.start(lc.run)
-        yield Swarm(chain, escrow.address, nodes, lifecycles)
+        swarm = Swarm(
+            tmp,
+            chain,
+            escrow.address,
+            info,
+            MemoryHub(),
+            trio.Lock(),
+            nursery,
+            settings or (lambda i: LifecycleSettings()),
+            identities,
+            [None] * len(identities),
+            [None] * len(identities),
+        )
+        for i in range(len(identities)):
+            await swarm.start(i)
+        yield swarm
         nursery.cancel_scope.cancel()
-
-
-def _replace(settings: LifecycleSettings, **changes: Any) -> LifecycleSettings:
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)
 
 
 async def wait_state(lc: Lifecycle, job_id: bytes, states: set[str], limit_s: float = 60) -> str:

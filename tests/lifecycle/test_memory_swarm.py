@@ -13,7 +13,7 @@ async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
         await wait_for(lambda: len(client.node.caps) == 2)
-        before = [client.escrow.client.balance(n.identity.eth_address) for n in swarm.nodes[1:]]
+        before = [swarm.balance(i) for i in (1, 2)]
         text = client.client.submit(
             {"job_class": "noop", "params": {"payload": "hello"}},
             {},
@@ -24,7 +24,7 @@ async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
         job_id = job_id_from_text(text)
         state = await wait_state(client, job_id, {"settled", "refunded", "cancelled"})
         assert state == "settled"
-        after = [client.escrow.client.balance(n.identity.eth_address) for n in swarm.nodes[1:]]
+        after = [swarm.balance(i) for i in (1, 2)]
         assert [b - a for a, b in zip(before, after, strict=True)] == [10**12, 10**12]
         states = [s.message.state for s in client.node.events.events(job_id)]
         for needed in (
@@ -38,3 +38,124 @@ async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
         ):
             assert needed in states, states
         assert client.node.events.verify_chain() >= len(states)
+
+
+async def test_transcode_and_inference_with_redundancy_two(tmp_path: Path) -> None:
+    from testnet.testdata import make_clip, make_tiny_gguf
+
+    clip = make_clip(tmp_path / "clip.mp4", seconds=2.0)
+    model = make_tiny_gguf(tmp_path / "tiny.gguf")
+    async with memory_swarm(tmp_path, workers=2) as swarm:
+        client = swarm.client
+        await wait_for(lambda: len(client.node.caps) == 2)
+        transcode = client.client.submit(
+            {
+                "job_class": "media.transcode",
+                "params": {
+                    "height": 72,
+                    "video_codec": "h264",
+                    "segment_seconds": 1.0,
+                    "keyframe_interval_s": 1.0,
+                    "threads": 1,
+                },
+            },
+            {"source": str(clip)},
+            redundancy=2,
+            max_price=10**16,
+            deadline_s=120,
+        )
+        generate = client.client.submit(
+            {
+                "job_class": "llm.generate",
+                "params": {"prompt": "Once upon a time", "max_tokens": 16, "n_ctx": 128},
+            },
+            {"model": str(model)},
+            redundancy=2,
+            max_price=10**16,
+            deadline_s=120,
+        )
+        for text in (transcode, generate):
+            job_id = job_id_from_text(text)
+            assert (
+                await wait_state(client, job_id, {"settled", "refunded", "cancelled"}, limit_s=120)
+                == "settled"
+            )
+            rec = client.node.store.get_job(job_id)
+            assert rec is not None
+            verdicts = rec.data["attempts"]["1"]["verdicts"]
+            assert [v["passed"] for v in verdicts.values()] == [True, True]
+        # the LLM job's events carry the prompt's hash, never the prompt
+        events = client.node.events.events(job_id_from_text(generate))
+        assert all(e.message.prompt_hash is not None for e in events)  # type: ignore[attr-defined]
+        assert all("Once upon" not in repr(e.message) for e in events)
+        out = tmp_path / "fetched"
+        files = client.client.fetch_result(job_id_from_text(transcode), out)
+        assert any(f["name"].endswith(".m3u8") for f in files)
+
+
+async def test_wrong_output_is_detected_unpaid_and_slashed(tmp_path: Path) -> None:
+    from node.lifecycle import LifecycleSettings
+
+    def settings(i: int) -> LifecycleSettings:
+        if i == 2:
+            return LifecycleSettings(behaviour="wrong_output")
+        if i == 3:
+            return LifecycleSettings(execute=False)  # the arbiter runs no jobs
+        return LifecycleSettings()
+
+    async with memory_swarm(tmp_path, workers=3, settings=settings, arbiter_index=3) as swarm:
+        client = swarm.client
+        await wait_for(lambda: len(client.node.caps) == 3)  # the arbiter's ad offers no class
+        honest_before, wrong_before = swarm.balance(1), swarm.balance(2)
+        wrong_stake = swarm.stake(2)
+        text = client.client.submit(
+            {"job_class": "noop", "params": {"payload": "check me"}},
+            {},
+            redundancy=2,
+            max_price=10**15,
+            deadline_s=120,
+        )
+        job_id = job_id_from_text(text)
+        assert await wait_state(client, job_id, {"settled", "refunded"}) == "settled"
+        assert swarm.balance(1) - honest_before == 10**12  # honest: paid
+        assert swarm.balance(2) == wrong_before  # wrong: unpaid
+        lock = swarm.lc(2).settings.stake_lock_wei
+        assert swarm.stake(2) == wrong_stake - lock  # and its stake lock slashed
+        states = [e.message.state for e in client.node.events.events(job_id)]  # type: ignore[attr-defined]
+        assert "disputed" in states
+        honest = client.reputation_of(swarm.identities[1].did, "noop")
+        wrong = client.reputation_of(swarm.identities[2].did, "noop")
+        assert wrong.verify_failed == 1 and wrong.slashed == 1
+        assert wrong.score < honest.score
+
+
+async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) -> None:
+    from node.lifecycle import LifecycleSettings
+
+    def settings(i: int) -> LifecycleSettings:
+        return LifecycleSettings(heartbeat_timeout_s=3.0, offer_fanout=0)
+
+    async with memory_swarm(tmp_path, workers=3, settings=settings) as swarm:
+        client = swarm.client
+        await wait_for(lambda: len(client.node.caps) == 3)
+        before = [swarm.balance(i) for i in (1, 2, 3)]
+        text = client.client.submit(
+            {"job_class": "noop", "params": {"duration_ms": 4000}},
+            {},
+            redundancy=2,
+            max_price=10**15,
+            deadline_s=120,
+        )
+        job_id = job_id_from_text(text)
+        await wait_state(client, job_id, {"running"})
+        rec = client.node.store.get_job(job_id)
+        assert rec is not None
+        victim = rec.data["attempts"]["1"]["workers"][0]["did"]
+        index = [i.did for i in swarm.identities].index(victim)
+        swarm.kill(index)
+        assert await wait_state(client, job_id, {"settled", "refunded"}, limit_s=90) == "settled"
+        rec = client.node.store.get_job(job_id)
+        assert rec is not None and rec.data["attempt"] == 2
+        paid = [swarm.balance(i) - b for i, b in zip((1, 2, 3), before, strict=True)]
+        assert paid[index - 1] == 0
+        assert sorted(paid) == [0, 10**12, 10**12]  # two workers paid once each
