@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,32 @@ from node.executors.tasks import TaskContext, TaskResult
 __all__ = ["TASKS", "generate", "load_model", "sampling_kwargs"]
 
 GGUF_MAGIC = b"GGUF"
+# llama.cpp's "extra buffer types" repack weights for AMX / AVX-512 kernels. On machines
+# whose CPUID advertises AMX while the (virtual) CPU faults on it, the first matrix
+# product dies with SIGILL (seen on this project's build hosts with Q8_0 weights). Off by
+# default, so every worker computes with the same portable kernels; recorded in the
+# runtime fingerprint.
+EXTRA_BUFFERS = False
+
+
+@contextmanager
+def _model_params(extra_buffers: bool) -> Iterator[None]:
+    """llama-cpp-python has no argument for use_extra_bufts: adjust the defaults it
+    starts from while one model loads."""
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+
+    def params() -> Any:
+        value = original()
+        value.use_extra_bufts = extra_buffers
+        return value
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
 
 
 def sampling_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,15 +67,16 @@ def load_model(path: Path, *, n_ctx: int, threads: int, seed: int, **kwargs: Any
     if magic != GGUF_MAGIC:
         raise ExecutorError("invalid_input", "model is not a GGUF file")
     try:
-        return llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            seed=seed,
-            verbose=False,
-            **kwargs,
-        )
+        with _model_params(EXTRA_BUFFERS):
+            return llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                seed=seed,
+                verbose=False,
+                **kwargs,
+            )
     except (ValueError, RuntimeError) as exc:
         if "context" in str(exc):  # the model loaded; its KV cache and buffers did not fit
             raise ExecutorError(
@@ -111,7 +139,7 @@ def generate(llm: Any, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
 
 class GenerateTask:
     def runtime(self, ctx: TaskContext) -> dict[str, Any]:
-        return llm_runtime(ctx.threads)
+        return {**llm_runtime(ctx.threads), "llama_extra_buffers": EXTRA_BUFFERS}
 
     def run(self, ctx: TaskContext) -> TaskResult:
         started = time.perf_counter()
