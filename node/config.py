@@ -77,7 +77,7 @@ class NegotiateConfig:
 class BlobConfig:
     """Content-addressed blobs over /c0/blob/1.0.0."""
 
-    chunk_size: int = _opt(1048576, "bytes per data frame")
+    chunk_size: int = _opt(4194304, "bytes per data frame")
     max_blob_size: int = _opt(8 * 1024**3, "largest blob served or fetched")
     read_timeout_s: float = _opt(30.0, "limit on every read of a transfer")
     max_streams_per_peer: int = _opt(4, "concurrent inbound blob streams per peer")
