@@ -13,19 +13,24 @@ from protocol.verify.report import Check, fail, passed, skipped
 __all__ = [
     "FINISH_REASONS",
     "GREEDY_MARGIN",
+    "MAX_TIE_FRACTION",
     "PositionScores",
     "SamplingPolicy",
     "check_generation",
     "check_teacher_forced",
     "compare_exact",
     "token_allowed",
+    "token_exact",
 ]
 
 FINISH_REASONS = ("length", "context", "eos", "stop")
 # Logits of one batched pass and of token-by-token decoding differ by float rounding
-# (other kernels, other summation order); a claimed token within this many logits of
-# the best is a tie, not a deviation.
-GREEDY_MARGIN = 0.05
+# (other kernels, other summation order; with Q8_0 weights the activations are quantized
+# too). On the benchmark model (Q8_0, logits around 16) honest greedy tokens trailed the
+# batched argmax by up to 0.24, at 2.3 % of positions. A claimed token within the margin
+# of the best is a tie, not a deviation; but ties may not be common.
+GREEDY_MARGIN = 0.5
+MAX_TIE_FRACTION = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,7 @@ class SamplingPolicy:
     top_k: int
     top_p: float
     margin: float = GREEDY_MARGIN
+    max_tie_fraction: float = MAX_TIE_FRACTION
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SamplingPolicy:
@@ -63,18 +69,13 @@ class PositionScores:
     log_norm: float
 
 
-def token_allowed(policy: SamplingPolicy, pos: PositionScores) -> bool:
-    """Could the job's sampler have produced `pos.claimed` here?"""
-    if not pos.top:
-        return False
-    best = pos.top[0][1]
+def _floor(policy: SamplingPolicy, pos: PositionScores) -> float:
+    """The lowest logit the sampler could still pick at this position."""
     if policy.greedy:
-        return pos.claimed_logit >= best - policy.margin
+        return pos.top[0][1]
     floor = -math.inf
     if policy.top_k > 0:
-        if len(pos.top) < policy.top_k:
-            return pos.claimed_logit >= pos.top[-1][1] - policy.margin
-        floor = pos.top[policy.top_k - 1][1]
+        floor = pos.top[min(policy.top_k, len(pos.top)) - 1][1]
     if policy.top_p < 1.0:
         cumulative = 0.0
         limit = pos.top if policy.top_k <= 0 else pos.top[: policy.top_k]
@@ -83,7 +84,19 @@ def token_allowed(policy: SamplingPolicy, pos: PositionScores) -> bool:
             if cumulative >= policy.top_p:
                 floor = max(floor, logit)
                 break
-    return pos.claimed_logit >= floor - policy.margin
+    return floor
+
+
+def token_allowed(policy: SamplingPolicy, pos: PositionScores) -> bool:
+    """Could the job's sampler have produced `pos.claimed` here (up to the margin)?"""
+    if not pos.top:
+        return False
+    return pos.claimed_logit >= _floor(policy, pos) - policy.margin
+
+
+def token_exact(policy: SamplingPolicy, pos: PositionScores) -> bool:
+    """Is `pos.claimed` allowed without the margin?"""
+    return bool(pos.top) and pos.claimed_logit >= _floor(policy, pos)
 
 
 def check_teacher_forced(
@@ -101,8 +114,16 @@ def check_teacher_forced(
                 f"token {i} ({pos.claimed}, logit {pos.claimed_logit:.3f}) is not allowed; "
                 f"best is {best_token} ({best:.3f})",
             )
+    ties = sum(1 for pos in positions if not token_exact(policy, pos))
+    allowed_ties = max(1, math.floor(policy.max_tie_fraction * len(positions)))
+    if ties > allowed_ties:
+        return fail(
+            name,
+            f"{ties} of {len(positions)} tokens are only near-ties of the best choice "
+            f"(at most {allowed_ties} expected from rounding)",
+        )
     kind = "argmax" if policy.greedy else f"top_k={policy.top_k} top_p={policy.top_p:g}"
-    return passed(name, f"all {n_claimed} claimed tokens allowed ({kind})")
+    return passed(name, f"all {n_claimed} claimed tokens allowed ({kind}; {ties} near-ties)")
 
 
 def check_generation(

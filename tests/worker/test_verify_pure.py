@@ -12,6 +12,7 @@ from protocol.verify import (
     Report,
     SamplingPolicy,
     check_psnr,
+    check_teacher_forced,
     expected_width,
     fail,
     parse_playlist,
@@ -96,7 +97,17 @@ def test_greedy_accepts_only_the_argmax_up_to_float_noise() -> None:
     greedy = SamplingPolicy(0.0, 40, 1.0)
     assert token_allowed(greedy, pos(0, LOGITS))
     assert not token_allowed(greedy, pos(1, LOGITS))
-    assert token_allowed(greedy, pos(1, {**LOGITS, 1: 4.99}))  # a tie within the margin
+    assert token_allowed(greedy, pos(1, {**LOGITS, 1: 4.8}))  # a tie within the margin
+
+
+def test_near_ties_are_allowed_but_not_many() -> None:
+    greedy = SamplingPolicy(0.0, 40, 1.0)
+    exact = [pos(0, LOGITS)] * 18
+    tie = pos(1, {**LOGITS, 1: 4.8})
+    assert check_teacher_forced(greedy, [*exact, tie, tie], n_claimed=20).status == "pass"
+    three = [*exact[:17], tie, tie, tie]
+    assert check_teacher_forced(greedy, three, n_claimed=20).status == "fail"
+    assert check_teacher_forced(greedy, exact, n_claimed=19).status == "fail"  # count
 
 
 def test_top_k_and_top_p_sets() -> None:
