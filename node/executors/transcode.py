@@ -105,7 +105,9 @@ def transcode(
         "hls_playlist_type": "vod",
         "hls_list_size": "0",
         "hls_segment_type": segment_type,
-        "hls_segment_filename": folder.pattern(f"seg_%05d.{ext}"),
+        # Absolute: FFmpeg resolves a relative name against the process's working folder,
+        # not the playlist's. The playlist itself lists base names.
+        "hls_segment_filename": str(folder.root / folder.pattern(f"seg_%05d.{ext}")),
     }
     if segment_type == "fmp4":
         hls["hls_fmp4_init_filename"] = folder.path("init.mp4").name

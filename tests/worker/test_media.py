@@ -227,3 +227,23 @@ def test_withheld_encoder_is_an_unsupported_parameter(run_job: Any, clip: Path) 
     )
     assert result.error_code == "unsupported_parameter"
     assert result.exit_code == 11
+
+
+def test_transcode_called_in_process_writes_only_its_folder(
+    clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The benchmark calls transcode() directly; FFmpeg must not resolve segment names
+    # against the process's working folder.
+    from node.executors.sandbox import OutputFolder
+    from node.executors.transcode import transcode
+    from protocol.jobs import validate_params
+
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    params = validate_params("media.transcode", {"height": 36, **FAST})
+    result = transcode(clip, OutputFolder(folder), params)
+    assert sorted(result.artifacts) == sorted(p.name for p in folder.iterdir())
+    assert list(elsewhere.iterdir()) == []
