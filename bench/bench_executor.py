@@ -27,7 +27,7 @@ from protocol.verify import SamplingPolicy, check_teacher_forced
 from testnet.testdata import make_bench_gguf, make_clip
 
 RESULTS = Path(__file__).resolve().parent / "results" / "executor.json"
-ROUNDS = 3
+ROUNDS = 5  # interleaved; the machine is shared, so both median and best are kept
 CLIENT = Identity.from_seed(b"\x42" * 32).did
 
 TRANSCODE = {
@@ -86,6 +86,7 @@ def bench_transcode(work: Path) -> dict[str, Any]:
         executor.append(elapsed)
     d, e = statistics.median(direct), statistics.median(executor)
     return {
+        "ratio_best": round(min(executor) / min(direct), 4),
         "source": "1280x720 25 fps 30 s H.264+AAC -> 640x360 h264 veryfast crf 23, 1 thread",
         "direct_s": [round(x, 3) for x in direct],
         "executor_s": [round(x, 3) for x in executor],
@@ -127,6 +128,8 @@ def bench_llm(work: Path) -> dict[str, Any]:
         executor.append(manifest)
     d_tps = statistics.median(x["tokens_per_s"] for x in direct)
     e_tps = statistics.median(m["metrics"]["tokens_per_s"] for m in executor)
+    d_best = max(x["tokens_per_s"] for x in direct)
+    e_best = max(m["metrics"]["tokens_per_s"] for m in executor)
     tokens = executor[0]["output"]["tokens"]
     assert len(tokens) == GENERATE["max_tokens"], "the bench model must not stop early"
     # Teacher-forced check of the same 256 tokens, against generating them.
@@ -141,6 +144,8 @@ def bench_llm(work: Path) -> dict[str, Any]:
         checks.append({"eval_ms": scores.eval_ms, "total_ms": total})
     gen_ms = statistics.median(x["generate_ms"] for x in direct)
     eval_ms = statistics.median(c["eval_ms"] for c in checks)
+    gen_best = min(x["generate_ms"] for x in direct)
+    eval_best = min(c["eval_ms"] for c in checks)
     total_ms = statistics.median(c["total_ms"] for c in checks)
     load_ms = statistics.median(x["load_ms"] for x in direct)
     return {
@@ -151,6 +156,7 @@ def bench_llm(work: Path) -> dict[str, Any]:
             "direct_tokens_per_s": [round(x["tokens_per_s"], 2) for x in direct],
             "executor_tokens_per_s": [m["metrics"]["tokens_per_s"] for m in executor],
             "ratio": round(e_tps / d_tps, 4),
+            "ratio_best": round(e_best / d_best, 4),
             "target": ">= 0.97",
             "executor_ttft_ms": statistics.median(m["metrics"]["ttft_ms"] for m in executor),
             "executor_load_ms": statistics.median(m["metrics"]["load_ms"] for m in executor),
@@ -161,6 +167,7 @@ def bench_llm(work: Path) -> dict[str, Any]:
             "check_eval_ms": round(eval_ms, 1),
             "check_total_ms": round(total_ms, 1),
             "ratio_eval": round(eval_ms / gen_ms, 4),
+            "ratio_eval_best": round(eval_best / gen_best, 4),
             "ratio_with_load": round(total_ms / (gen_ms + load_ms), 4),
             "target": "<= 0.3",
         },
@@ -188,12 +195,14 @@ def bench_startup(work: Path, runs: int = 20) -> dict[str, Any]:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="c0-bench-") as tmp:
         work = Path(tmp)
-        results = {
+        load_before = os.getloadavg()[0]
+        results: dict[str, Any] = {
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "startup": bench_startup(work),
             "transcode": bench_transcode(work),
             "llm": bench_llm(work),
         }
+        results["machine"]["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
