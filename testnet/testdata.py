@@ -201,3 +201,30 @@ def make_bench_gguf(path: str | Path, *, seed: int = 11) -> Path:
         quant="Q8_0",
         name="c0-bench-106m",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m testnet.testdata clip|tiny-model|bench-model PATH`: write one input."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m testnet.testdata", description=main.__doc__)
+    parser.add_argument("kind", choices=("clip", "tiny-model", "bench-model"))
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--seconds", type=float, default=4.0, help="clip length")
+    parser.add_argument("--size", default="640x360", help="clip WIDTHxHEIGHT")
+    parser.add_argument("--no-audio", action="store_true")
+    args = parser.parse_args(argv)
+    args.path.parent.mkdir(parents=True, exist_ok=True)
+    if args.kind == "clip":
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        make_clip(args.path, args.seconds, width, height, 25, audio=not args.no_audio)
+    elif args.kind == "tiny-model":
+        make_tiny_gguf(args.path)
+    else:
+        make_bench_gguf(args.path)
+    print(args.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -60,6 +60,11 @@ def main() -> int:
         )
         runtime = task.runtime(ctx)
         result = task.run(ctx)
+        for key, value in result.runtime.items():
+            if isinstance(value, dict) and isinstance(runtime.get(key), dict):
+                runtime[key] = {**runtime[key], **value}
+            else:
+                runtime[key] = value
         done = {"artifacts": result.artifacts, "metrics": result.metrics, "output": result.output}
         _send(channel, {"runtime": runtime, "usage": _usage(cpu0), "done": done})
         return 0

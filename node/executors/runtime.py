@@ -13,7 +13,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-__all__ = ["base_runtime", "llm_runtime", "media_runtime"]
+__all__ = [
+    "banner_in",
+    "base_runtime",
+    "encoder_version",
+    "llm_runtime",
+    "media_runtime",
+]
 
 # FFmpeg wrapper names of the external codec libraries, and the shared object each uses.
 CODEC_LIBRARIES = {
@@ -72,13 +78,35 @@ def _encoder_banner(codec: str) -> str | None:
         frame.pts = i
         data += b"".join(bytes(p) for p in ctx.encode(frame))
     data += b"".join(bytes(p) for p in ctx.encode(None))
-    pattern = X264_BANNER if codec == "libx264" else X265_BANNER
-    match = re.search(pattern, data)
+    return banner_in(data, codec)
+
+
+def banner_in(data: bytes, encoder: str) -> str | None:
+    """The x264/x265 version banner inside encoded bytes, if any."""
+    pattern = {"libx264": X264_BANNER, "libx265": X265_BANNER}.get(encoder)
+    match = re.search(pattern, data) if pattern else None
     return match.group(0).decode("ascii") if match else None
 
 
-def media_runtime(threads: int, encoders: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Python, PyAV, the FFmpeg libraries and, for each encoder used, its exact version."""
+def encoder_version(encoder: str, banner: str | None = None) -> str:
+    """An encoder's version: its banner if known, and the SONAME of the library shipped
+    in the PyAV wheel; FFmpeg's own encoders are versioned with libavcodec."""
+    import av
+
+    library = CODEC_LIBRARIES.get(encoder)
+    if library is None:
+        version = ".".join(str(p) for p in av.library_versions["libavcodec"])
+        return f"libavcodec {version}"
+    soname = _bundled_libraries().get(library)
+    parts = (banner, f"{library}.so.{soname}" if soname else None)
+    return " / ".join(part for part in parts if part) or "unknown"
+
+
+def media_runtime(
+    threads: int, encoders: tuple[str, ...] = (), *, probe_banners: bool = True
+) -> dict[str, Any]:
+    """Python, PyAV, the FFmpeg libraries and, for each encoder used, its exact version.
+    Without `probe_banners` the caller reads the banner from its own output instead."""
     import av
 
     runtime = base_runtime(threads)
@@ -88,21 +116,10 @@ def media_runtime(threads: int, encoders: tuple[str, ...] = ()) -> dict[str, Any
         name: ".".join(str(p) for p in version)
         for name, version in sorted(av.library_versions.items())
     }
-    bundled = _bundled_libraries()
     codecs: dict[str, str] = {}
     for encoder in encoders:
-        library = CODEC_LIBRARIES.get(encoder)
-        if library is None:  # FFmpeg's own encoder: versioned with libavcodec
-            codecs[encoder] = "libavcodec " + runtime["ffmpeg_libraries"]["libavcodec"]
-            continue
-        banner = _encoder_banner(encoder) if encoder in ("libx264", "libx265") else None
-        soname = bundled.get(library)
-        codecs[encoder] = (
-            " / ".join(
-                part for part in (banner, f"{library}.so.{soname}" if soname else None) if part
-            )
-            or "unknown"
-        )
+        probe = probe_banners and encoder in ("libx264", "libx265")
+        codecs[encoder] = encoder_version(encoder, _encoder_banner(encoder) if probe else None)
     runtime["codecs"] = codecs
     return runtime
 

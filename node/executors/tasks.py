@@ -39,6 +39,9 @@ class TaskResult:
     artifacts: list[str]
     metrics: dict[str, Any] = field(default_factory=dict)
     output: dict[str, Any] | None = None
+    # Fingerprint facts only known after the work (e.g. the encoder banner in the
+    # output); merged into the runtime map, one level deep.
+    runtime: dict[str, Any] = field(default_factory=dict)
 
 
 class Task(Protocol):

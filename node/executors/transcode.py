@@ -11,7 +11,7 @@ from typing import Any
 
 from node.executors.errors import ExecutorError
 from node.executors.media import media_metrics, scaled_width
-from node.executors.runtime import media_runtime
+from node.executors.runtime import banner_in, encoder_version, media_runtime
 from node.executors.sandbox import OutputFolder
 from node.executors.tasks import TaskContext, TaskResult
 
@@ -173,7 +173,12 @@ def transcode(
     duration = float(frames / rate)
     metrics = media_metrics(duration, frames, time.perf_counter() - started)
     metrics.update(width=width, height=height, segments=len(segments), audio=aout is not None)
-    return TaskResult(artifacts, metrics)
+    # x264/x265 write their exact version into the stream: read it from our own output.
+    head = folder.path(segments[0])
+    with head.open("rb") as fh:
+        banner = banner_in(fh.read(1 << 16), encoder)
+    fingerprint = {"codecs": {encoder: encoder_version(encoder, banner)}} if banner else {}
+    return TaskResult(artifacts, metrics, runtime=fingerprint)
 
 
 class TranscodeTask:
@@ -183,9 +188,9 @@ class TranscodeTask:
         if params["audio_codec"] != "none":
             encoders.append(AUDIO_ENCODERS[params["audio_codec"]])
         try:
-            return media_runtime(ctx.threads, tuple(encoders))
+            return media_runtime(ctx.threads, tuple(encoders), probe_banners=False)
         except Exception:  # a missing encoder is reported by run() with its own code
-            return media_runtime(ctx.threads)
+            return media_runtime(ctx.threads, probe_banners=False)
 
     def run(self, ctx: TaskContext) -> TaskResult:
         return transcode(ctx.inputs["source"], ctx.folder, ctx.params, ctx.withheld_encoders)

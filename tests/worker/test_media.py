@@ -122,6 +122,9 @@ def test_transcode_other_codecs(
     params = {"height": 64, "video_codec": video_codec, "audio_codec": audio_codec, **FAST}
     result = run_job("media.transcode", params, {"source": clip})
     assert result.ok, result.manifest["error"]
+    codecs = result.manifest["runtime"]["codecs"]
+    if video_codec == "h265":
+        assert codecs["libx265"].startswith("x265 (build ")
     assert "init.mp4" in [a["name"] for a in result.manifest["artifacts"]]
     report = verify_result(
         template("media.transcode", params), result.path.parent, inputs={"source": clip}
