@@ -174,9 +174,11 @@ def transcode(
     metrics = media_metrics(duration, frames, time.perf_counter() - started)
     metrics.update(width=width, height=height, segments=len(segments), audio=aout is not None)
     # x264/x265 write their exact version into the stream: read it from our own output.
-    head = folder.path(segments[0])
-    with head.open("rb") as fh:
-        banner = banner_in(fh.read(1 << 16), encoder)
+    # (In fMP4 the x265 SEI sits in the init section's hvcC; in TS, in the first segment.)
+    banner = None
+    for name in (*artifacts[len(segments) + 1 :], segments[0]):
+        with folder.path(name).open("rb") as fh:
+            banner = banner or banner_in(fh.read(1 << 16), encoder)
     fingerprint = {"codecs": {encoder: encoder_version(encoder, banner)}} if banner else {}
     return TaskResult(artifacts, metrics, runtime=fingerprint)
 
