@@ -38,36 +38,71 @@ def _summary(values: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- negotiate round trip
 
 
-async def _negotiate(rounds: int) -> dict[str, Any]:
+def _serve_negotiate() -> None:
+    """Child process: a light node answering heartbeats with a signed Decline."""
     from node.app import Node
     from node.config import NodeConfig
     from protocol.envelope import SignedMessage
     from protocol.identity import Identity
-    from protocol.messages import Decline, Heartbeat, Message
+    from protocol.messages import Decline, Message
 
-    job = b"\x12\x20" + bytes(32)
-    cfg = NodeConfig().replace(light=True, network={"listen": [LOOPBACK], "dht": False})
-    with tempfile.TemporaryDirectory() as tmp:
-        a = Node(Identity.generate(), cfg, Path(tmp) / "a")
-        b = Node(Identity.generate(), cfg, Path(tmp) / "b")
+    async def reply(signed: SignedMessage, peer: str) -> Message:
+        return Decline(job_id=_JOB, attempt=1, reason="busy", detail="")
 
-        async def reply(signed: SignedMessage, peer: str) -> Message:
-            return Decline(job_id=job, attempt=1, reason="busy", detail="")
+    async def run() -> None:
+        cfg = NodeConfig().replace(light=True, network={"listen": [LOOPBACK], "dht": False})
+        with tempfile.TemporaryDirectory() as tmp:
+            node = Node(Identity.generate(), cfg, Path(tmp))
+            node.on("heartbeat", reply)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                print(json.dumps({"addr": node.transport.listen_addrs()[0],
+                                  "peer_id": node.peer_id}), flush=True)  # fmt: skip
+                await trio.to_thread.run_sync(sys.stdin.read)
+                nursery.cancel_scope.cancel()
 
-        a.on("heartbeat", reply)
-        times: list[float] = []
-        async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            await nursery.start(b.run)
-            await b.transport.connect(a.transport.listen_addrs()[0])
-            for i in range(rounds + 50):
-                env = b.seal(Heartbeat(job_id=job, attempt=1, phase="run", progress=0.5))
-                start = time.perf_counter()
-                await b.request(a.peer_id, env)
-                if i >= 50:  # warm-up: stream set-up, caches
-                    times.append((time.perf_counter() - start) * 1000)
-            nursery.cancel_scope.cancel()
-    return {"round_trip_ms": _summary(times), "what": "signed request + signed reply, one process"}
+    trio.run(run)
+
+
+_JOB = b"\x12\x20" + bytes(32)
+
+
+async def _negotiate(rounds: int) -> dict[str, Any]:
+    from node.app import Node
+    from node.config import NodeConfig
+    from protocol.identity import Identity
+    from protocol.messages import Heartbeat
+
+    child = subprocess.Popen(  # noqa: ASYNC220 (spawning returns at once; output read in a thread)
+        [sys.executable, "-m", "bench.bench_net", "--serve-negotiate"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    times: list[float] = []
+    try:
+        assert child.stdout is not None
+        info = json.loads(await trio.to_thread.run_sync(child.stdout.readline))
+        cfg = NodeConfig().replace(light=True, network={"listen": [LOOPBACK], "dht": False})
+        with tempfile.TemporaryDirectory() as tmp:
+            node = Node(Identity.generate(), cfg, Path(tmp))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                await node.transport.connect(info["addr"])
+                for i in range(rounds + 50):
+                    env = node.seal(Heartbeat(job_id=_JOB, attempt=1, phase="run", progress=0.5))
+                    start = time.perf_counter()
+                    await node.request(info["peer_id"], env)
+                    if i >= 50:  # warm-up: stream set-up, caches
+                        times.append((time.perf_counter() - start) * 1000)
+                nursery.cancel_scope.cancel()
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(30)
+    return {
+        "round_trip_ms": _summary(times),
+        "what": "two processes; signed request -> verified, handled, signed reply -> verified",
+    }
 
 
 # ---------------------------------------------------------------- blob throughput
@@ -215,7 +250,7 @@ def _gossip_and_idle(nodes: int, rounds: int) -> dict[str, Any]:
             each: list[float] = []
             for r in range(rounds):
                 did = dids[r % len(dids)]
-                published = clients[did].call("republish")["at_ms"]
+                published = clients[did].call("republish")["seq"]
                 deadline = time.monotonic() + 30
                 lat: dict[str, float] = {}
                 while len(lat) < len(dids) - 1 and time.monotonic() < deadline:
@@ -225,7 +260,7 @@ def _gossip_and_idle(nodes: int, rounds: int) -> dict[str, Any]:
                             continue
                         caps = {c["did"]: c for c in clients[other].call("caps")}
                         ad = caps.get(did)
-                        if ad and ad["seq"] >= published - 5:
+                        if ad and ad["seq"] >= published:
                             lat[other] = ad["received_ms"] - ad["seq"]
                 each.extend(lat.values())
                 if len(lat) == len(dids) - 1:
@@ -254,9 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-gossip", action="store_true")
     parser.add_argument("--serve-blob", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-raw", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-negotiate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.serve_blob:
         _serve_blob(args.serve_blob)
+        return
+    if args.serve_negotiate:
+        _serve_negotiate()
         return
     if args.serve_raw:
         _serve_raw(int(args.serve_raw[0]), args.serve_raw[1])

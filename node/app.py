@@ -276,9 +276,12 @@ class Node:
         )
         return self.seal(ad, ttl_ms=self.config.gossip.ad_ttl_s * 1000)
 
-    async def publish_ad(self) -> None:
-        await self.transport.publish(CAPS_TOPIC, self.build_ad())
+    async def publish_ad(self) -> int:
+        """Publish the ad now; return its sequence number (its creation time in ms)."""
+        raw = self.build_ad()
+        await self.transport.publish(CAPS_TOPIC, raw)
         self.ads_published += 1
+        return int(self.store.get_meta("ad_seq", "0") or 0)
 
     async def _publisher(self) -> None:
         """Publish at start, on change, when new peers appear, and every ad_interval_s."""

@@ -73,8 +73,8 @@ def register_control_commands(server: ControlServer, node: Node) -> None:
     async def republish(_: dict[str, Any]) -> Any:
         if node.light:
             return {"published": False}
-        await node.publish_ad()
-        return {"published": True, "at_ms": now_ms()}
+        seq = await node.publish_ad()
+        return {"published": True, "seq": seq, "at_ms": now_ms()}
 
     async def penalties(_: dict[str, Any]) -> Any:
         return node.penalties.snapshot(trio.current_time())
