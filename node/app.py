@@ -32,7 +32,6 @@ from protocol.messages import CapabilityAd, Message
 __all__ = ["Node", "now_ms"]
 
 log = logging.getLogger("c0.node")
-_TARGET_PEERS = 8  # connect to workers heard of until this many connections
 _NEW_PEER_CHECK_S = 0.5
 _NEW_PEER_DELAY_S = 1.0
 
@@ -109,6 +108,7 @@ class Node:
         self._ad_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._connect_send, self._connect_recv = trio.open_memory_channel[str](64)
+        self._dialing: set[str] = set()
         self._restore()
         transport.set_stream_handler(NEGOTIATE_PROTOCOL, self.negotiator.serve_stream)
         transport.set_stream_handler(BLOB_PROTOCOL, self.blobs.serve_stream)
@@ -195,11 +195,17 @@ class Node:
         await self.negotiator.forget_peer(peer_id)
         await self.transport.disconnect(peer_id)
 
-    def connect_soon(self, multiaddr: str) -> None:
+    def connect_soon(self, multiaddr: str, *, peer_id: str | None = None) -> None:
+        """Dial in the background; with `peer_id`, only while below target_peers."""
+        if peer_id is not None:
+            busy = set(self.transport.connected_peers()) | self._dialing
+            if peer_id in busy or len(busy) >= self.config.network.target_peers:
+                return
+            self._dialing.add(peer_id)
         try:
             self._connect_send.send_nowait(multiaddr)
         except trio.WouldBlock:
-            pass
+            self._dialing.discard(peer_id or "")
 
     async def _connector(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -207,6 +213,12 @@ class Node:
                 nursery.start_soon(self._connect, addr)
 
     async def _connect(self, addr: str) -> None:
+        try:
+            await self._connect_with_retries(addr)
+        finally:
+            self._dialing.discard(addr.rsplit("/p2p/", 1)[-1])
+
+    async def _connect_with_retries(self, addr: str) -> None:
         delay = 0.2
         for _attempt in range(8):  # bootstrap peers may still be starting
             try:
@@ -244,12 +256,8 @@ class Node:
         add_addrs = getattr(self.transport, "add_addrs", None)
         if add_addrs is not None:
             add_addrs(ad.peer_id, list(ad.listen_addrs))
-        if (
-            len(self.transport.connected_peers()) < _TARGET_PEERS
-            and ad.peer_id not in self.transport.connected_peers()
-            and ad.listen_addrs
-        ):
-            self.connect_soon(ad.listen_addrs[0])
+        if ad.listen_addrs and ad.peer_id not in self.transport.connected_peers():
+            self.connect_soon(ad.listen_addrs[0], peer_id=ad.peer_id)
         for hook in self.on_ad:
             hook(worker)
         return verdict
@@ -307,7 +315,7 @@ class Node:
         while True:
             await trio.sleep(5.0)
             self.book.expire(now_ms())
-            if len(self.transport.connected_peers()) < _TARGET_PEERS:
+            if len(self.transport.connected_peers()) < self.config.network.target_peers:
                 connected = set(self.transport.connected_peers())
                 for worker in list(self.book.live(now_ms()).values()):
                     peer = worker.ad.peer_id
@@ -316,7 +324,7 @@ class Node:
                         and worker.ad.listen_addrs
                         and not self.penalties.is_banned(peer, trio.current_time())
                     ):
-                        self.connect_soon(worker.ad.listen_addrs[0])
+                        self.connect_soon(worker.ad.listen_addrs[0], peer_id=peer)
 
     def _restore(self) -> None:
         now = now_ms()

@@ -43,7 +43,9 @@ class NetworkConfig:
     announce: tuple[str, ...] = _opt([], "addresses to advertise instead of the listen ones")
     bootstrap: tuple[str, ...] = _opt([], "multiaddrs ending in /p2p/<peer id> to dial at start")
     dht: bool = _opt(True, "run the Kademlia DHT for peer routing (client mode on a light node)")
-    max_connections: int = _opt(300, "total connection limit")
+    target_peers: int = _opt(4, "dial workers heard of until this many connections")
+    max_peers: int = _opt(12, "above this many connections, prune back towards target_peers")
+    max_connections: int = _opt(300, "hard limit on connections")
     dial_timeout_s: float = _opt(10.0, "seconds to wait for a connection to open")
 
 

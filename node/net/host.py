@@ -65,6 +65,12 @@ class Libp2pTransport:
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1,
                 max_connections=net.max_connections,
+                # py-libp2p auto-dials every peer in its peerstore up to low_watermark
+                # (default 100): every node would connect to every other. Keep the
+                # graph sparse; GossipSub needs only its mesh degree.
+                min_connections=min(4, net.target_peers),
+                low_watermark=net.target_peers,
+                high_watermark=max(net.max_peers, net.target_peers),
                 dial_timeout=net.dial_timeout_s,
             ),
             announce_addrs=[multiaddr.Multiaddr(a) for a in net.announce] or None,
