@@ -1,8 +1,9 @@
 """The teacher-forced check: score a claimed completion in one batched llama.cpp pass.
 
-The verifier evaluates prompt + claimed tokens as a single batch with logits for every
-position, then hands per-position scores to protocol.verify.llm, which decides whether
-each claimed token is one the job's sampling policy could have produced.
+The verifier evaluates prompt + claimed tokens as a single batch, with logits at every
+position that predicts a claimed token, then hands per-position scores to
+protocol.verify.llm, which decides whether each claimed token is one the job's sampling
+policy could have produced.
 """
 
 from __future__ import annotations
@@ -51,6 +52,33 @@ def _position(row: np.ndarray, claimed: int, policy: SamplingPolicy) -> Position
     return PositionScores(claimed, float(row[claimed]), top, log_norm)
 
 
+def _decode_once(llm: Any, tokens: Sequence[int], first: int, n_vocab: int) -> list[np.ndarray]:
+    """One llama_decode of `tokens`, asking for logits only at positions >= `first`
+    (prompt positions need none); the logits rows of those positions, copied."""
+    import llama_cpp
+
+    n = len(tokens)
+    batch = llama_cpp.llama_batch_init(n, 0, 1)
+    try:
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i >= first
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(llm._ctx.ctx, batch)
+        if status != 0:
+            raise ExecutorError("out_of_memory", f"llama_decode failed with status {status}")
+        rows = []
+        for i in range(first, n):
+            pointer = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i)
+            rows.append(np.ctypeslib.as_array(pointer, shape=(n_vocab,)).copy())
+        return rows
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
 def score_completion(
     model: Path,
     params: Mapping[str, Any],
@@ -60,8 +88,9 @@ def score_completion(
     include_eos: bool = False,
 ) -> TeacherForcedScores:
     """Scores of each claimed token given the prompt and the tokens before it, from one
-    batched evaluation (n_batch = n_ubatch = the whole sequence). With `include_eos`,
-    one more position scores the end-of-sequence token after the last claimed one."""
+    batched evaluation (one llama_decode, n_batch = n_ubatch = the whole sequence, logits
+    only where a claimed token is scored). With `include_eos`, one more position scores
+    the end-of-sequence token after the last claimed one."""
     started = time.perf_counter()
     policy = SamplingPolicy.from_params(params)
     n_threads = threads or int(params["threads"])
@@ -77,25 +106,13 @@ def score_completion(
     n_ctx = max(64, -(-len(sequence) // 64) * 64)
     if len(sequence) > int(params["n_ctx"]):
         raise ExecutorError("limit_exceeded", "prompt and completion exceed the job's n_ctx")
-    llm = load_model(
-        model,
-        n_ctx=n_ctx,
-        threads=n_threads,
-        seed=0,
-        n_batch=n_ctx,
-        n_ubatch=n_ctx,
-        logits_all=True,
-    )
+    llm = load_model(model, n_ctx=n_ctx, threads=n_threads, seed=0, n_batch=n_ctx, n_ubatch=n_ctx)
     loaded = time.perf_counter()
-    # Positions before the last prompt token need no logits, but llama-cpp-python's
-    # logits_all applies to the whole batch; one pass is still the cheapest.
-    llm.eval(sequence[:-1] if claimed else sequence)
+    first = len(prompt) - 1  # the logits after this position score claimed[0]
+    evaluated_tokens = sequence[:-1] if claimed else sequence
+    rows = _decode_once(llm, evaluated_tokens, first, n_vocab)
     evaluated = time.perf_counter()
-    first = len(prompt) - 1
-    rows = llm.scores[first : first + len(claimed)]
-    positions = tuple(
-        _position(np.asarray(row), tok, policy) for row, tok in zip(rows, claimed, strict=True)
-    )
+    positions = tuple(_position(row, tok, policy) for row, tok in zip(rows, claimed, strict=True))
     text = llm.detokenize(list(tokens), prev_tokens=prompt)
     return TeacherForcedScores(
         positions=positions,
