@@ -91,6 +91,7 @@ def bench_transcode(work: Path) -> dict[str, Any]:
     executor: list[float] = []
     direct_cpu: list[float] = []
     executor_cpu: list[float] = []
+    overhead: list[float] = []
     for i in range(ROUNDS):  # alternate, so drift in machine load hits both alike
         folder = work / f"direct-{i}"
         folder.mkdir()
@@ -101,9 +102,14 @@ def bench_transcode(work: Path) -> dict[str, Any]:
         elapsed, manifest = _execute(spec, {"source": source}, work / f"exec-{i}")
         executor.append(elapsed)
         executor_cpu.append(manifest["bench_cpu_s"])
+        # Everything the executor adds around the same transcode() call in the child.
+        overhead.append(elapsed - manifest["metrics"]["work_ms"] / 1000)
     d, e = statistics.median(direct), statistics.median(executor)
     return {
         "ratio_best": round(min(executor) / min(direct), 4),
+        "ratio_per_round": [round(e / d, 4) for e, d in zip(executor, direct, strict=True)],
+        "executor_overhead_s": [round(x, 3) for x in overhead],
+        "overhead_ratio": round(1 + statistics.median(overhead) / statistics.median(direct), 4),
         # CPU seconds (child start-up, imports, work, hashing): immune to other load.
         "direct_cpu_s": [round(x, 3) for x in direct_cpu],
         "executor_cpu_s": [round(x, 3) for x in executor_cpu],
