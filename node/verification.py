@@ -204,10 +204,22 @@ def _verify_transcode(
     return checks
 
 
+def _same_work(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+    """Same job class, parameters and input hashes. The client and nonce may differ, and
+    so may `threads`: it changes how the work runs (and the bytes), not what it is."""
+    a, b = mine.get("spec") or {}, theirs.get("spec") or {}
+    pa = {k: v for k, v in (a.get("params") or {}).items() if k != "threads"}
+    pb = {k: v for k, v in (b.get("params") or {}).items() if k != "threads"}
+    same = a.get("job_class") == b.get("job_class") and a.get("inputs") == b.get("inputs")
+    return same and pa == pb and theirs.get("error") is None
+
+
 def _compare_renditions(folder: Path, other: Path, segments: list[bytes | Path]) -> Check:
     from node.media_probe import frame_psnr
 
     mine, theirs = read_manifest(folder), read_manifest(other)
+    if not _same_work(mine, theirs):
+        return fail("compare", "the other result is not a successful run of the same work")
     if mine["runtime"] == theirs["runtime"]:
         a = sorted((x["name"], x["sha256"]) for x in mine["artifacts"])
         b = sorted((x["name"], x["sha256"]) for x in theirs["artifacts"])
@@ -240,7 +252,11 @@ def _verify_llm(
         return checks
     output = manifest["output"]
     if compare is not None:
-        checks.append(compare_exact(params, manifest, read_manifest(compare)))
+        other = read_manifest(compare)
+        if _same_work(manifest, other):
+            checks.append(compare_exact(params, manifest, other))
+        else:
+            checks.append(fail("compare", "the other result is not a run of the same work"))
     if model is None:
         checks.append(skipped("teacher_forced", "no --input model given"))
         return checks

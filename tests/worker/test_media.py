@@ -250,3 +250,14 @@ def test_transcode_called_in_process_writes_only_its_folder(
     result = transcode(clip, OutputFolder(folder), params)
     assert sorted(result.artifacts) == sorted(p.name for p in folder.iterdir())
     assert list(elsewhere.iterdir()) == []
+
+
+def test_compare_refuses_other_work(run_job: Any, clip: Path, other_clip: Path) -> None:
+    params = {"height": 72, **FAST}
+    mine = run_job("media.transcode", params, {"source": clip})
+    theirs = run_job("media.transcode", params, {"source": other_clip})
+    report = verify_result(
+        template("media.transcode", params), mine.path.parent, compare=theirs.path.parent
+    )
+    assert statuses(report)["compare"] == "fail"
+    assert not report.passed
