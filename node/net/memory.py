@@ -47,7 +47,8 @@ class MemoryTransport:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            self.hub.transports.pop(self.peer_id, None)
+            if self.hub.transports.get(self.peer_id) is self:  # a restarted node may be there
+                del self.hub.transports[self.peer_id]
             for peer in self._connected:
                 other = self.hub.transports.get(peer)
                 if other is not None:
