@@ -201,8 +201,11 @@ class EscrowClient:
         data = fn._encode_transaction_data()
         with self._lock:
             sender = self._sender()
-            result = sender.transact(to=self.address, data=data, value=value)
-            self._nonce = sender.nonce
+            try:
+                result = sender.transact(to=self.address, data=data, value=value)
+            finally:
+                # A transaction mined with a revert still used its nonce: keep counting.
+                self._nonce = sender.nonce
         logs = self.w3.eth.get_transaction_receipt(HexBytes(result.tx))["logs"]
         return TxResult(
             tx=result.tx,

@@ -34,7 +34,7 @@ from protocol.results import result_digest
 from protocol.routing import Candidate, RoutingPolicy, rank_workers
 from protocol.settlement import Assignment as EscrowAssignment
 from protocol.settlement import Common, EscrowTerms, SettlementError, commit_hash
-from protocol.state import Event, JobMachine, State
+from protocol.state import TERMINAL, Event, JobMachine, State
 
 if TYPE_CHECKING:
     from node.lifecycle.service import Lifecycle
@@ -163,8 +163,8 @@ class ClientRole:
         )
         try:
             await self._drive(job_id, spec, data, machine)
-        except Exception:
-            log.exception("job %s stopped", spec.job_id_text)
+        except BaseException as exc:
+            log.info("job %s drive ended: %r", spec.job_id_text, exc)
             raise
 
     def _save(self, job_id: bytes, data: dict[str, Any], machine: JobMachine) -> None:
@@ -216,6 +216,9 @@ class ClientRole:
             try:
                 await self._watch(job_id, spec, data, machine, attempt, deadline_ms)
             except AttemptFailed as failure:
+                log.info(
+                    "attempt %d of %s failed: %s", attempt.number, spec.job_id_text, failure.reason
+                )
                 self._fail_attempt(job_id, data, machine, attempt, failure)
             finally:
                 self.active.pop((job_id, attempt.number), None)
@@ -406,7 +409,9 @@ class ClientRole:
         """Rebuild the running attempt from the record after a restart."""
         number = machine.attempt
         info = data["attempts"][str(number)]
-        now = trio.current_time()
+        # Heartbeats sent while we were down are lost: grant the workers a few timeouts'
+        # grace before calling them dead (they may be retrying their results to us).
+        now = trio.current_time() + 2 * self.lc.settings.heartbeat_timeout_s
         slots = {
             w["did"]: WorkerSlot(w["did"], w["peer"], w["eth"], w["price"], last_heartbeat=now)
             for w in info["workers"]
@@ -417,6 +422,7 @@ class ClientRole:
             slots[did].reveal = open_envelope(bytes.fromhex(raw), now=None)
         attempt = Attempt(number, slots, terms_from_json(info["terms"]))
         self.active[(job_id, number)] = attempt
+        log.info("resumed attempt %s of %s", number, job_id_text(job_id))
         self.lc.event(job_id, number, "resumed", detail={"state": str(machine.state)})
         return attempt
 
@@ -501,9 +507,17 @@ class ClientRole:
     # ------------------------------------------------------------ handlers (from workers)
     def _slot(self, signed: SignedMessage, job_id: bytes, attempt: int) -> WorkerSlot:
         att = self.active.get((job_id, attempt))
-        if att is None or signed.sender not in att.slots:
-            raise PeerProtocolError("unknown_job", "no such job, attempt or worker here")
-        return att.slots[signed.sender]
+        if att is not None and signed.sender in att.slots:
+            return att.slots[signed.sender]
+        rec = self.lc.node.store.get_job(job_id)
+        if rec is not None and rec.role == "client" and State(rec.state) not in TERMINAL:
+            resumable = rec.state in (State.ASSIGNED, State.RUNNING, State.SUBMITTED)
+            if resumable and int(rec.data.get("attempt", 0)) == attempt and att is None:
+                # Restarting: the attempt is being rebuilt from the record. Ask again.
+                raise C0Error("resuming this job, try again", code="retry_later")
+        # A late message for an attempt we gave up, or a worker we never assigned: refused,
+        # not penalised (a slow honest worker sends these too).
+        raise C0Error("no such job, attempt or worker here", code="unknown_job")
 
     async def on_heartbeat(self, signed: SignedMessage, peer: str) -> None:
         hb = signed.message

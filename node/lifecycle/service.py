@@ -322,19 +322,24 @@ class Lifecycle:
             return media_runtime(1)
         return base_runtime(1)
 
-    async def send_quietly(self, peer: str, message: Message, *, tries: int = 5) -> bool:
+    async def send_quietly(
+        self, peer: str, message: Message, *, tries: int = 5, timeout: float = 10.0
+    ) -> bool:
         """Deliver a message, retrying a few times with backoff; False if it never lands."""
-        envelope = self.node.seal(message, ttl_ms=300_000)
         delay = 0.2
         for _ in range(tries):
+            # A fresh envelope each time: a peer that answered "retry later" has seen the
+            # last one's nonce, and would rightly call the same bytes a replay.
+            envelope = self.node.seal(message, ttl_ms=300_000)
             try:
-                await self.node.send(peer, envelope, timeout=10.0)
+                await self.node.send(peer, envelope, timeout=timeout)
                 return True
             except (C0Error, trio.BrokenResourceError, OSError) as exc:
-                if getattr(exc, "code", "") in ("unknown_job", "protocol_violation"):
+                log.info("delivery of %s to %s failed: %r", message.TYPE, peer[-8:], exc)
+                if getattr(exc, "reason", "") in ("unknown_job", "protocol_violation"):
                     return False  # the peer understood and refused: retrying will not help
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await trio.sleep(delay)  # backoff between delivery attempts
+                delay = min(delay * 2, 2.0)
         return False
 
     async def send_receipts(

@@ -243,8 +243,16 @@ class WorkerRole:
             result_hash=result_hash,
             salt=salt,
         )
-        delivered = await lc.send_quietly(job.client_peer, commit)
-        delivered = delivered and await lc.send_quietly(job.client_peer, reveal)
+        # Keep trying the client (it may be restarting) for a quarter of the commit window;
+        # after that, the chain is the only way to be paid.
+        assert lc.escrow is not None
+        window = max(2.0, (job.terms.common.commit_deadline - await lc.escrow.now()) / 4)
+        delivered = False
+        with trio.move_on_after(window):
+            delivered = await lc.send_quietly(job.client_peer, commit, tries=20, timeout=5.0)
+            delivered = delivered and await lc.send_quietly(
+                job.client_peer, reveal, tries=20, timeout=5.0
+            )
         lc.record_worker(job, "revealed" if delivered else "client_unreachable")
         log.info(
             "job %s attempt %d: %s",
@@ -252,22 +260,29 @@ class WorkerRole:
             offer.attempt,
             "revealed to client" if delivered else "client unreachable",
         )
-        await self._await_payment(job, result_hash, salt, commitment)
+        await self._await_payment(job, result_hash, salt, commitment, client_gone=not delivered)
 
     # ------------------------------------------------------------ claim path
     async def _await_payment(
-        self, job: WorkerJob, result_hash: bytes, salt: bytes, commitment: bytes
+        self,
+        job: WorkerJob,
+        result_hash: bytes,
+        salt: bytes,
+        commitment: bytes,
+        *,
+        client_gone: bool,
     ) -> None:
-        """Wait for the client's release; if none comes before the commit deadline, commit
-        on chain, reveal after it, and claim after the deadline."""
+        """Wait for the client's release; if none comes before the commit deadline (or the
+        client cannot be reached at all), commit on chain, reveal after the commit
+        deadline, and claim after the deadline."""
         lc = self.lc
         terms = job.terms
         assert terms is not None
         assert lc.escrow is not None
         escrow = lc.escrow
-        margin = 5
         chain_now = await escrow.now()
-        wait_s = max(0.0, terms.common.commit_deadline - margin - chain_now)
+        margin = max(3, (terms.common.commit_deadline - chain_now) // 4)
+        wait_s = 0.0 if client_gone else max(0.0, terms.common.commit_deadline - margin - chain_now)
         with trio.move_on_after(wait_s):
             while await escrow.status(terms.job_id) != STATUS_SETTLED:
                 with trio.move_on_after(1.0):

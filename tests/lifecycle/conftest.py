@@ -34,7 +34,7 @@ class Swarm:
     settings: Settings
     identities: list[Identity]
     lifecycles: list[Lifecycle | None] = field(default_factory=list)
-    scopes: list[trio.CancelScope | None] = field(default_factory=list)
+    scopes: list[tuple[trio.CancelScope, trio.Event] | None] = field(default_factory=list)
 
     @property
     def client(self) -> Lifecycle:
@@ -69,29 +69,48 @@ class Swarm:
             base = dataclasses.replace(base, execute=False)
         client = EscrowClient(self.chain, self.escrow_address, identity.eth_account)  # type: ignore[arg-type]
         lc = Lifecycle(node, base, self.info, escrow_client=client, chain_lock=self.lock)
-        scope = await self.nursery.start(_run, node, lc)
-        self.lifecycles[i], self.scopes[i] = lc, scope
+        stopped = trio.Event()
+        scope = await self.nursery.start(_run, node, lc, stopped)
+        self.lifecycles[i], self.scopes[i] = lc, (scope, stopped)
         return lc
 
-    def kill(self, i: int) -> None:
-        """Stop node `i` at once, as a crash would (its transport leaves the network)."""
-        scope = self.scopes[i]
-        assert scope is not None
-        scope.cancel()
+    async def kill(self, i: int) -> None:
+        """Stop node `i` at once, as a crash would, and wait until it is gone."""
+        entry = self.scopes[i]
+        assert entry is not None
+        entry[0].cancel()
+        await entry[1].wait()
         self.scopes[i] = None
 
 
 async def _run(
     node: Node,
     lc: Lifecycle,
+    stopped: trio.Event,
     *,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            await nursery.start(lc.run)
-            task_status.started(scope)
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                await nursery.start(lc.run)
+                task_status.started(scope)
+    finally:
+        stopped.set()
+
+
+async def _produce_blocks(chain: Chain) -> None:
+    """Mine a block every half second stamped with the wall clock, as a live chain would:
+    py-evm only moves its clock when a block is mined, and deadlines are chain time."""
+    import time
+
+    tester = chain._tester
+    while True:
+        await trio.sleep(0.5)  # pacing of block production, not synchronisation
+        target = int(time.time())
+        if target > chain.now():  # each block is at least 1 s after its parent: never
+            tester.time_travel(target)  # mine ahead of the clock, or deadlines shrink
 
 
 def fund(chain: Chain, address: str, wei: int) -> None:
@@ -117,6 +136,7 @@ async def memory_swarm(
     arbiter = identities[arbiter_index].eth_address if arbiter_index is not None else ""
     info = ChainInfo("embedded", chain.chain_id, escrow.address, arbiter)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_produce_blocks, chain)
         swarm = Swarm(
             tmp,
             chain,

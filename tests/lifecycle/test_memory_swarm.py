@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import trio
+
 from protocol.jobs import job_id_from_text
 from tests.lifecycle.conftest import memory_swarm, wait_state
 from tests.net.conftest import wait_for
@@ -152,10 +154,98 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
         assert rec is not None
         victim = rec.data["attempts"]["1"]["workers"][0]["did"]
         index = [i.did for i in swarm.identities].index(victim)
-        swarm.kill(index)
+        await swarm.kill(index)
         assert await wait_state(client, job_id, {"settled", "refunded"}, limit_s=90) == "settled"
         rec = client.node.store.get_job(job_id)
         assert rec is not None and rec.data["attempt"] == 2
         paid = [swarm.balance(i) - b for i, b in zip((1, 2, 3), before, strict=True)]
         assert paid[index - 1] == 0
         assert sorted(paid) == [0, 10**12, 10**12]  # two workers paid once each
+
+
+async def test_client_vanishes_after_funding_and_workers_claim(tmp_path: Path) -> None:
+    async with memory_swarm(tmp_path, workers=2) as swarm:
+        client = swarm.client
+        await wait_for(lambda: len(client.node.caps) == 2)
+        before = [swarm.balance(i) for i in (1, 2)]
+        text = client.client.submit(
+            {"job_class": "noop", "params": {"duration_ms": 500}},
+            {},
+            redundancy=2,
+            max_price=10**15,
+            deadline_s=30,
+        )
+        job_id = job_id_from_text(text)
+        await wait_state(client, job_id, {"assigned", "running"})
+        await swarm.kill(0)  # the client disappears with the escrow funded
+        worker = swarm.lc(1)
+        with trio.fail_after(90):
+            while True:
+                rec = worker.node.store.get_job(job_id)
+                if rec is not None and rec.state in ("claimed", "released", "claim_failed"):
+                    break
+                await trio.sleep(0.2)
+        await wait_for(
+            lambda: (
+                [swarm.balance(i) - b for i, b in zip((1, 2), before, strict=True)]
+                == [10**12, 10**12]
+            ),
+            30,
+        )
+        phases = [
+            e.message.detail.get("phase")  # type: ignore[attr-defined]
+            for e in worker.node.events.events(job_id)
+        ]
+        assert "committed_on_chain" in phases and "revealed_on_chain" in phases
+
+
+async def test_no_worker_can_run_it_so_the_client_is_refunded(tmp_path: Path) -> None:
+    from node.lifecycle import LifecycleSettings
+
+    not_media = tmp_path / "notes.txt"
+    not_media.write_text("this is not a video\n" * 50)
+    async with memory_swarm(
+        tmp_path, workers=2, settings=lambda i: LifecycleSettings(max_attempts=2)
+    ) as swarm:
+        client = swarm.client
+        await wait_for(lambda: len(client.node.caps) == 2)
+        escrow = client.escrow
+        assert escrow is not None
+        text = client.client.submit(
+            {"job_class": "media.transcode", "params": {"height": 72}},
+            {"source": str(not_media)},
+            redundancy=2,
+            max_price=10**16,
+            deadline_s=12,
+        )
+        job_id = job_id_from_text(text)
+        funded = await wait_state(client, job_id, {"assigned", "running", "failed"})
+        assert funded
+        deposit_after_open = swarm.balance(0)
+        assert await wait_state(client, job_id, {"refunded", "settled"}, limit_s=90) == "refunded"
+        assert swarm.balance(0) == deposit_after_open + 2 * 10**15  # every wei back
+        states = [e.message.state for e in client.node.events.events(job_id)]  # type: ignore[attr-defined]
+        assert "failed" in states and states[-1] == "refunded"
+        chain_events = await client.chain_events_for()
+        assert any(e["event"] == "refunded" for e in chain_events)
+
+
+async def test_client_restarted_mid_job_resumes(tmp_path: Path) -> None:
+    async with memory_swarm(tmp_path, workers=2) as swarm:
+        client = swarm.client
+        await wait_for(lambda: len(client.node.caps) == 2)
+        text = client.client.submit(
+            {"job_class": "noop", "params": {"duration_ms": 1500}},
+            {},
+            redundancy=2,
+            max_price=10**15,
+            deadline_s=120,
+        )
+        job_id = job_id_from_text(text)
+        await wait_state(client, job_id, {"running"})
+        await swarm.kill(0)
+        restarted = await swarm.start(0)  # same home, same database
+        assert await wait_state(restarted, job_id, {"settled", "refunded"}, 60) == "settled"
+        states = [e.message.state for e in restarted.node.events.events(job_id)]  # type: ignore[attr-defined]
+        assert "resumed" in states and states[-1] == "settled"
+        assert restarted.node.events.verify_chain() == len(states)
