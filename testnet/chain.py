@@ -1,14 +1,9 @@
-"""The chain of a local testnet: the extension point the settlement work plugs into.
-
-`start(kind, ...)` returns the `chain` entry of testnet.json (None for no chain). With
-kind "anvil" it starts anvil through node.chain.anvil, then calls
-`node.chain.testnet.setup(url, nodes) -> dict` if that module exists (deploy the escrow,
-fund the nodes' accounts) and merges its result into the entry.
-"""
+"""The chain of a local testnet: anvil from the project's own install, the escrow
+deployed on it, and every node's account funded — before any node starts, so each node
+finds its `chain.json` at boot."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 from pathlib import Path
@@ -16,28 +11,56 @@ from typing import Any
 
 from protocol.errors import UserError
 
-__all__ = ["start", "stop"]
+__all__ = ["FUNDING_WEI", "start", "stop"]
+
+FUNDING_WEI = 1000 * 10**18
 
 
-def start(kind: str, directory: Path, nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+def start(kind: str, directory: Path, addresses: list[str]) -> dict[str, Any] | None:
+    """Start the chain; return the `chain` entry of testnet.json (None for no chain)."""
     if kind == "none":
         return None
     if kind != "anvil":
         raise UserError(f"unknown chain kind {kind!r} (none, anvil)")
     from node.chain.anvil import Anvil
+    from node.chain.backends import rpc_chain
+    from node.chain.client import EscrowClient
 
     anvil = Anvil()
     url = anvil.start()
     proc = anvil._proc  # the testnet outlives this process: keep the pid, not the object
     assert proc is not None
-    entry: dict[str, Any] = {"kind": "anvil", "url": url, "pid": proc.pid, "chain_id": 31337}
+    entry: dict[str, Any] = {"kind": "anvil", "rpc_url": url, "pid": proc.pid}
     try:
-        setup = importlib.import_module("node.chain.testnet").setup
-    except (ModuleNotFoundError, AttributeError):
-        entry["contracts"] = None  # not deployed: the settlement work adds it
-    else:
-        entry.update(setup(url, nodes))
+        chain = rpc_chain(url)
+        escrow, deployed = EscrowClient.deploy(chain, chain.dev_account(0))
+        _fund(chain, chain.dev_account(1), addresses, FUNDING_WEI)
+    except BaseException:
+        stop(entry)
+        raise
+    entry.update(chain_id=chain.chain_id, escrow=escrow.address, deploy_tx=deployed.tx)
     return entry
+
+
+def _fund(chain: Any, funder: Any, addresses: list[str], wei: int) -> None:
+    w3 = chain.w3
+    nonce = int(w3.eth.get_transaction_count(funder.address))
+    hashes = []
+    for i, address in enumerate(addresses):
+        tx = {
+            "to": address,
+            "value": wei,
+            "gas": 21_000,
+            "nonce": nonce + i,
+            "chainId": chain.chain_id,
+            "maxFeePerGas": 50 * 10**9,
+            "maxPriorityFeePerGas": 10**9,
+        }
+        hashes.append(w3.eth.send_raw_transaction(funder.sign_transaction(tx).raw_transaction))
+    for tx_hash in hashes:
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+        if receipt["status"] != 1:
+            raise UserError(f"funding transaction {tx_hash.hex()} failed")
 
 
 def stop(entry: dict[str, Any] | None) -> None:
@@ -50,3 +73,7 @@ def stop(entry: dict[str, Any] | None) -> None:
         return
     if b"anvil" in cmdline:
         os.kill(pid, signal.SIGTERM)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass

@@ -20,6 +20,7 @@ from typing import Any
 from node.config import CONFIG_FILE, NodeConfig, render_config
 from node.control import ControlClient, NodeNotRunning, control_path
 from node.home import KEY_FILE, create_identity, load_identity
+from node.lifecycle.settings import CHAIN_FILE, SETTINGS_FILE
 from protocol.errors import C0Error, UserError
 from testnet import chain as chain_setup
 
@@ -71,10 +72,17 @@ def up(
     directory: Path,
     *,
     config: NodeConfig | None = None,
-    chain: str = "none",
+    chain: str = "anvil",
+    client: bool = True,
+    lifecycle: dict[int, dict[str, Any]] | None = None,
     limit_s: float = 120.0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
+    """Start `nodes` full nodes (node-00 is the arbiter, the rest are workers) and, with
+    `client`, one light node to submit jobs from; with a chain, anvil starts first, the
+    escrow is deployed and every account funded, so each node boots settled on it.
+    `lifecycle` maps a node index to settings for its lifecycle.toml (a researcher's
+    faults: `{2: {"behaviour": "wrong_output"}}`)."""
     if nodes < 1:
         raise UserError("--nodes must be at least 1")
     directory = directory.resolve()
@@ -85,8 +93,13 @@ def up(
             raise UserError(f"a testnet is already running in {directory}: run `c0 testnet down`")
     directory.mkdir(parents=True, exist_ok=True)
     config = config or NodeConfig()
-    ports = _free_ports(nodes)
+    total = nodes + (1 if client else 0)
+    ports = _free_ports(total)
     homes = [directory / f"node-{i:02d}" for i in range(nodes)]
+    if client:
+        homes.append(directory / "client")
+    roles = ["arbiter" if i == 0 and nodes >= 3 else "worker" for i in range(nodes)]
+    roles += ["client"] if client else []
     identities = [
         load_identity(h) if (h / KEY_FILE).exists() else create_identity(h) for h in homes
     ]
@@ -97,10 +110,22 @@ def up(
     procs: list[subprocess.Popen[bytes]] = []
     state: dict[str, Any] = {"nodes": [], "chain": None, "created_ms": time.time_ns() // 10**6}
     try:
+        state["chain"] = chain_setup.start(chain, directory, [i.eth_address for i in identities])
+        if state["chain"] is not None:
+            state.update(_chain_json(state["chain"]))  # rpc_url, chain_id, escrow
+            progress(f"anvil at {state['chain']['rpc_url']}, escrow {state['chain']['escrow']}")
+            arbiter = identities[roles.index("arbiter")].eth_address if "arbiter" in roles else ""
+            for home in homes:
+                (home / CHAIN_FILE).write_text(
+                    json.dumps({**_chain_json(state["chain"]), "arbiter": arbiter}, indent=2)
+                )
         for i, home in enumerate(homes):
-            others = [
-                addrs[(i - k) % nodes] for k in range(1, min(BOOTSTRAP_FANOUT, nodes - 1) + 1)
-            ]
+            settings = dict((lifecycle or {}).get(i, {}))
+            if roles[i] in ("arbiter", "client"):
+                settings["execute"] = False
+            (home / SETTINGS_FILE).write_text(_toml(settings))
+            full = [a for j, a in enumerate(addrs[:nodes]) if j != i]
+            others = [full[(i + k) % len(full)] for k in range(min(BOOTSTRAP_FANOUT, len(full)))]
             cfg = config.replace(
                 network={
                     **_section(config.network),
@@ -110,9 +135,10 @@ def up(
             )
             (home / CONFIG_FILE).write_text(render_config(cfg), "utf-8")
             log = (home / "node.log").open("ab")
+            argv = [sys.executable, "-m", "node", "node", "run", "--home", str(home)]
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "node", "node", "run", "--home", str(home)],
+                    [*argv, "--light"] if roles[i] == "client" else argv,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -128,22 +154,34 @@ def up(
                     "multiaddrs": [addrs[i]],
                     "home": str(home),
                     "pid": procs[i].pid,
-                    "role": "worker",
+                    "role": roles[i],
                 }
             )
         _write(state_path, state)
-        progress(f"started {nodes} node processes")
+        progress(f"started {total} node processes ({', '.join(roles)})")
         for home, proc in zip(homes, procs, strict=True):
             _poll(lambda h=home, p=proc: _ready(h, p), limit_s, f"{home.name} to start")
         progress("all nodes answer on their control sockets")
         _poll(lambda: _all_heard(homes, nodes, procs), limit_s, "every node to hear every ad")
-        progress("every node has received every other node's ad")
-        state["chain"] = chain_setup.start(chain, directory, state["nodes"])
-        _write(state_path, state)
+        progress("every node has received every full node's ad")
     except BaseException:
         _stop_pids([(p.pid, str(h)) for p, h in zip(procs, homes, strict=False)])
+        chain_setup.stop(state.get("chain"))
         raise
     return state
+
+
+def _chain_json(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"rpc_url": entry["rpc_url"], "chain_id": entry["chain_id"], "escrow": entry["escrow"]}
+
+
+def _toml(settings: dict[str, Any]) -> str:
+    import tomli_w
+
+    header = (
+        "# lifecycle settings written by `c0 testnet up` (defaults: node/lifecycle/settings.py)\n"
+    )
+    return header + tomli_w.dumps(settings)
 
 
 def _section(section: Any) -> dict[str, Any]:
@@ -164,10 +202,12 @@ def _ready(home: Path, proc: subprocess.Popen[bytes]) -> bool:
 
 
 def _all_heard(homes: list[Path], n: int, procs: list[subprocess.Popen[bytes]]) -> bool:
-    for home, proc in zip(homes, procs, strict=True):
+    """Every node knows every full node's ad (its own aside; light nodes publish none)."""
+    for index, (home, proc) in enumerate(zip(homes, procs, strict=True)):
         if proc.poll() is not None:
             raise C0Error(f"{home.name} exited with code {proc.returncode}")
-        if _call(home, "status")["known_workers"] < n - 1:
+        expected = n - 1 if index < n else n
+        if _call(home, "status")["known_workers"] < expected:
             return False
     return True
 

@@ -128,7 +128,8 @@ def _explain(args: argparse.Namespace) -> int:
         for r in ranked:
             score = "" if r["score"] is None else f"score {r['score']:.4f} "
             parts = " ".join(f"{k}={v:.3f}" for k, v in r["breakdown"].items())
-            lines.append(f"  {r['did'][-16:]}  {score}{r['reason']}  {parts}")
+            outcome = f" -> {r['outcome']}" if r.get("outcome") else ""
+            lines.append(f"  {r['did'][-16:]}  {score}{r['reason']}{outcome}  {parts}")
     emit(report, as_json=args.json, text="\n".join(lines) or "no routing yet")
     return 0
 

@@ -21,8 +21,13 @@ def _up(args: argparse.Namespace) -> int:
                 f"testnet: {time.monotonic() - start:6.1f} s  {line}", file=sys.stderr, flush=True
             )
 
-    state = up(args.nodes, Path(args.dir), chain=args.chain, progress=progress)
-    lines = [f"{n['peer_id']}  {n['multiaddrs'][0]}  pid {n['pid']}" for n in state["nodes"]]
+    state = up(
+        args.nodes, Path(args.dir), chain=args.chain, client=not args.no_client, progress=progress
+    )
+    lines = [
+        f"{n['role']:<8} {n['peer_id']}  {n['multiaddrs'][0]}  pid {n['pid']}"
+        for n in state["nodes"]
+    ]
     emit(state, as_json=args.json, text="\n".join(lines))
     return 0
 
@@ -66,5 +71,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name == "up":
             p.add_argument("--nodes", type=int, default=3, help="number of full nodes")
             p.add_argument(
-                "--chain", default="none", choices=["none", "anvil"], help="start a chain too"
+                "--chain",
+                default="anvil",
+                choices=["none", "anvil"],
+                help="the chain to settle on (default: anvil, from `make tools`)",
+            )
+            p.add_argument(
+                "--no-client", action="store_true", help="do not start the light client node"
             )

@@ -82,6 +82,7 @@ class ClientRole:
     def __init__(self, lc: Lifecycle) -> None:
         self.lc = lc
         self.active: dict[tuple[bytes, int], Attempt] = {}
+        self.records: dict[bytes, dict[str, Any]] = {}  # job id -> the record its task holds
         self.results_root = lc.node.home / "results"
 
     # ------------------------------------------------------------ submit
@@ -161,11 +162,11 @@ class ClientRole:
         machine = JobMachine(
             lc.settings.max_attempts, State(rec.state), int(data["attempt"]), data["verified"]
         )
+        self.records[job_id] = data
         try:
             await self._drive(job_id, spec, data, machine)
-        except BaseException as exc:
-            log.info("job %s drive ended: %r", spec.job_id_text, exc)
-            raise
+        finally:
+            self.records.pop(job_id, None)
 
     def _save(self, job_id: bytes, data: dict[str, Any], machine: JobMachine) -> None:
         data["attempt"] = machine.attempt
@@ -182,7 +183,8 @@ class ClientRole:
     ) -> None:
         machine.handle(event)
         self._save(job_id, data, machine)
-        self.lc.event(job_id, machine.attempt, str(machine.state), **event_fields)
+        attempt = machine.attempt + 1 if event is Event.FUND else machine.attempt
+        self.lc.event(job_id, attempt, str(machine.state), **event_fields)
 
     async def _drive(
         self, job_id: bytes, spec: JobSpec, data: dict[str, Any], machine: JobMachine
@@ -321,6 +323,16 @@ class ClientRole:
             await trio.sleep(_NO_WORKER_POLL_S)
             return None
         winners = bids[:k]
+        outcome = {b[2]: f"won: bid {b[0]}" for b in winners}
+        outcome.update(
+            {
+                b[2]: f"lost: bid {b[0]} not among the {k} lowest (ties go to the better rank)"
+                for b in bids[k:]
+            }
+        )
+        for entry in data["explain"][str(number)]:
+            if entry["reason"] == "selected":
+                entry["outcome"] = outcome.get(entry["did"], "no bid (declined or silent)")
         stake_lock = lc.settings.stake_lock_wei
         terms = EscrowTerms(
             attempt_chain_id(job_id, number),
@@ -574,13 +586,15 @@ class ClientRole:
     def _persist_submission(
         self, job_id: bytes, attempt: int, kind: str, did: str, value: str
     ) -> None:
+        # Write into the record the job's task holds, so its next save keeps this too.
         rec = self.lc.node.store.get_job(job_id)
-        if rec is None:
+        data = self.records.get(job_id) or (rec.data if rec is not None else None)
+        if rec is None or data is None:
             return
-        info = rec.data["attempts"].get(str(attempt))
+        info = data["attempts"].get(str(attempt))
         if info is not None:
             info[kind][did] = value
-            self.lc.node.store.put_job(job_id, role="client", state=rec.state, data=rec.data)
+            self.lc.node.store.put_job(job_id, role="client", state=rec.state, data=data)
 
     # ------------------------------------------------------------ verification
     async def _materialize(self, job_id: bytes, slot: WorkerSlot) -> Path:

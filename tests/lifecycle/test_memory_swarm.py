@@ -40,6 +40,11 @@ async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
         ):
             assert needed in states, states
         assert client.node.events.verify_chain() >= len(states)
+        from node.lifecycle.control import reconcile_node
+
+        report = await reconcile_node(client)
+        assert report["jobs"] == 1 and report["chain_events"] >= 2
+        assert report["mismatches"] == []
 
 
 async def test_transcode_and_inference_with_redundancy_two(tmp_path: Path) -> None:
