@@ -65,6 +65,7 @@ _EVENT_STATES = frozenset(
         "released",
         "claimed",
         "slashed",
+        "resumed",
     }
 )
 
