@@ -43,6 +43,8 @@ def job_summary(rec: Any) -> dict[str, Any]:
         "verdicts": {d: v["passed"] for d, v in info.get("verdicts", {}).items()},
         "escrow_tx": info.get("escrow_tx"),
         "release_tx": info.get("release_tx"),
+        "payouts": {w["did"]: w["price"] for w in info.get("workers", [])},
+        "gas": {"open": info.get("open_gas"), "release_share": info.get("release_gas_share")},
         "updated_ms": rec.updated_ms,
         "elapsed_ms": rec.updated_ms - rec.created_ms,
     }
