@@ -171,8 +171,9 @@ def _reputation(args: argparse.Namespace) -> int:
         rows,
         as_json=args.json,
         text="\n".join(
-            f"{r['worker'][-16:]}  {r['job_class']:<16} score {r['score']:.3f}  done {r['completed']}"
-            f"  failed {r['verify_failed']}  timeouts {r['timeouts']}  slashed {r['slashed']}"
+            f"{r['worker'][-16:]}  {r['job_class']:<16} score {r['score']:.3f}"
+            f"  done {r['completed']}  failed {r['verify_failed']}"
+            f"  timeouts {r['timeouts']}  slashed {r['slashed']}"
             for r in rows
         )
         or "no evidence yet",

@@ -323,7 +323,7 @@ class Lifecycle:
         return base_runtime(1)
 
     async def send_quietly(
-        self, peer: str, message: Message, *, tries: int = 5, timeout: float = 10.0
+        self, peer: str, message: Message, *, tries: int = 5, limit_s: float = 10.0
     ) -> bool:
         """Deliver a message, retrying a few times with backoff; False if it never lands."""
         delay = 0.2
@@ -332,7 +332,7 @@ class Lifecycle:
             # last one's nonce, and would rightly call the same bytes a replay.
             envelope = self.node.seal(message, ttl_ms=300_000)
             try:
-                await self.node.send(peer, envelope, timeout=timeout)
+                await self.node.send(peer, envelope, timeout=limit_s)
                 return True
             except (C0Error, trio.BrokenResourceError, OSError) as exc:
                 log.info("delivery of %s to %s failed: %r", message.TYPE, peer[-8:], exc)

@@ -211,6 +211,8 @@ class WorkerRole:
                     Heartbeat(
                         job_id=offer.job_id, attempt=offer.attempt, phase="run", progress=0.5
                     ),
+                    tries=1,
+                    limit_s=2.0,
                 )
         finally:
             executor.cancel(execution)  # a no-op once done; kills the child if we are cancelled
@@ -249,9 +251,9 @@ class WorkerRole:
         window = max(2.0, (job.terms.common.commit_deadline - await lc.escrow.now()) / 4)
         delivered = False
         with trio.move_on_after(window):
-            delivered = await lc.send_quietly(job.client_peer, commit, tries=20, timeout=5.0)
+            delivered = await lc.send_quietly(job.client_peer, commit, tries=20, limit_s=5.0)
             delivered = delivered and await lc.send_quietly(
-                job.client_peer, reveal, tries=20, timeout=5.0
+                job.client_peer, reveal, tries=20, limit_s=5.0
             )
         lc.record_worker(job, "revealed" if delivered else "client_unreachable")
         log.info(

@@ -145,7 +145,8 @@ def test_bad_jobs_fail_before_any_money_moves(
     before = (view.balance(client_eth), view.contract_balance())
     done = c0("job", "submit", str(path), *args, home=home)
     assert done.returncode != 0
-    assert fragment in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert fragment in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert (view.balance(client_eth), view.contract_balance()) == before
 
@@ -175,7 +176,8 @@ def test_worker_killed_mid_job_is_replaced_nobody_paid_twice(swarm: dict[str, An
         150,
         "the job to finish",
     )
-    assert final["state"] == "settled" and final["attempt"] == 2
+    assert final["state"] == "settled"
+    assert final["attempt"] == 2
     assert victim["did"] not in final["workers"]
     paid = {n["did"]: view.balance(n["eth_address"]) - before[n["did"]] for n in workers}
     assert paid[victim["did"]] == 0

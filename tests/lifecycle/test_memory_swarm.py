@@ -43,7 +43,8 @@ async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
         from node.lifecycle.control import reconcile_node
 
         report = await reconcile_node(client)
-        assert report["jobs"] == 1 and report["chain_events"] >= 2
+        assert report["jobs"] == 1
+        assert report["chain_events"] >= 2
         assert report["mismatches"] == []
 
 
@@ -132,7 +133,8 @@ async def test_wrong_output_is_detected_unpaid_and_slashed(tmp_path: Path) -> No
         assert "disputed" in states
         honest = client.reputation_of(swarm.identities[1].did, "noop")
         wrong = client.reputation_of(swarm.identities[2].did, "noop")
-        assert wrong.verify_failed == 1 and wrong.slashed == 1
+        assert wrong.verify_failed == 1
+        assert wrong.slashed == 1
         assert wrong.score < honest.score
 
 
@@ -162,7 +164,8 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
         await swarm.kill(index)
         assert await wait_state(client, job_id, {"settled", "refunded"}, limit_s=90) == "settled"
         rec = client.node.store.get_job(job_id)
-        assert rec is not None and rec.data["attempt"] == 2
+        assert rec is not None
+        assert rec.data["attempt"] == 2
         paid = [swarm.balance(i) - b for i, b in zip((1, 2, 3), before, strict=True)]
         assert paid[index - 1] == 0
         assert sorted(paid) == [0, 10**12, 10**12]  # two workers paid once each
@@ -201,7 +204,8 @@ async def test_client_vanishes_after_funding_and_workers_claim(tmp_path: Path) -
             e.message.detail.get("phase")  # type: ignore[attr-defined]
             for e in worker.node.events.events(job_id)
         ]
-        assert "committed_on_chain" in phases and "revealed_on_chain" in phases
+        assert "committed_on_chain" in phases
+        assert "revealed_on_chain" in phases
 
 
 async def test_no_worker_can_run_it_so_the_client_is_refunded(tmp_path: Path) -> None:
@@ -230,7 +234,8 @@ async def test_no_worker_can_run_it_so_the_client_is_refunded(tmp_path: Path) ->
         assert await wait_state(client, job_id, {"refunded", "settled"}, limit_s=90) == "refunded"
         assert swarm.balance(0) == deposit_after_open + 2 * 10**15  # every wei back
         states = [e.message.state for e in client.node.events.events(job_id)]  # type: ignore[attr-defined]
-        assert "failed" in states and states[-1] == "refunded"
+        assert "failed" in states
+        assert states[-1] == "refunded"
         chain_events = await client.chain_events_for()
         assert any(e["event"] == "refunded" for e in chain_events)
 
@@ -252,5 +257,6 @@ async def test_client_restarted_mid_job_resumes(tmp_path: Path) -> None:
         restarted = await swarm.start(0)  # same home, same database
         assert await wait_state(restarted, job_id, {"settled", "refunded"}, 60) == "settled"
         states = [e.message.state for e in restarted.node.events.events(job_id)]  # type: ignore[attr-defined]
-        assert "resumed" in states and states[-1] == "settled"
+        assert "resumed" in states
+        assert states[-1] == "settled"
         assert restarted.node.events.verify_chain() == len(states)
