@@ -12,7 +12,7 @@ $(VENV_OK): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --upgrade >/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
-	.venv/bin/uv pip install --python $(PY) --quiet -r requirements.lock
+	.venv/bin/uv pip install --python $(PY) --quiet --compile-bytecode -r requirements.lock
 	.venv/bin/uv pip install --python $(PY) --quiet --no-deps -e .
 	touch $(VENV_OK)
 
