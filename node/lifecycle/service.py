@@ -90,25 +90,36 @@ class Lifecycle:
         }
         for name, handler in handlers.items():
             node.on(name, handler)
-        if not node.light and settings.execute:
-            node.update_ad(
-                runtimes={c: self.runtime_fingerprint(c) for c, _ in settings.prices},
-                prices=dict(settings.prices),
-                max_concurrent=settings.max_concurrent,
-            )
+        self.runtimes: dict[str, dict[str, Any]] = {}
+        if self.executes:
+            node.update_ad(max_concurrent=settings.max_concurrent)
 
     # ------------------------------------------------------------ running
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.escrow is not None:
-                if not self.node.light and self.settings.execute and self.settings.stake_wei:
+                if self.executes and self.settings.stake_wei:
                     await self.escrow.ensure_stake(self.settings.stake_wei)
                     self.node.update_ad(stake=self.settings.stake_wei)
                 nursery.start_soon(self.releases.run)
                 nursery.start_soon(self.refunds.run)
+            if self.executes:
+                nursery.start_soon(self._advertise)
             task_status.started()
             self._resume()
+
+    @property
+    def executes(self) -> bool:
+        return not self.node.light and self.settings.execute
+
+    async def _advertise(self) -> None:
+        """Offer our job classes once their exact runtime fingerprints are known."""
+        from node.lifecycle.fingerprint import ad_runtimes
+
+        classes = [c for c, _ in self.settings.prices]
+        self.runtimes = await trio.to_thread.run_sync(ad_runtimes, classes)
+        self.node.update_ad(runtimes=self.runtimes, prices=dict(self.settings.prices))
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self._nursery is None:
@@ -314,13 +325,7 @@ class Lifecycle:
         return None
 
     def runtime_fingerprint(self, job_class: str) -> dict[str, Any]:
-        from node.executors.runtime import base_runtime, llm_runtime, media_runtime
-
-        if job_class == "llm.generate":
-            return llm_runtime(1)
-        if job_class.startswith("media."):
-            return media_runtime(1)
-        return base_runtime(1)
+        return self.runtimes.get(job_class, {})
 
     async def send_quietly(
         self, peer: str, message: Message, *, tries: int = 5, limit_s: float = 10.0

@@ -80,6 +80,8 @@ class WorkerRole:
 
         if not s.execute or lc.node.light:
             return decline("not_a_worker")
+        if not lc.runtimes:
+            return decline("starting", "runtime fingerprint not known yet")
         if lc.escrow is None or lc.chain is None:
             return decline("no_chain", "this worker settles on no chain")
         if offer.chain_id != lc.chain.chain_id or offer.escrow.lower() != lc.chain.escrow.lower():
@@ -156,6 +158,9 @@ class WorkerRole:
         offer, lc = job.offer, self.lc
         try:
             with job.cancel:
+                if lc.settings.behaviour == "copy_commit":
+                    await self._copy_commit(job)
+                    return
                 inputs = await self._fetch_inputs(job)
                 result = await self._execute(job, inputs)
                 if not result.ok:
@@ -307,6 +312,44 @@ class WorkerRole:
             lc.record_worker(job, "claimed")
         except SettlementError as exc:
             log.warning("claim path for %s: %s", job_id_text(job.offer.job_id), exc.message)
+            lc.record_worker(job, "claim_failed", extra={"reason": exc.reason})
+
+    async def _copy_commit(self, job: WorkerJob) -> None:
+        """The lazy adversary: do no work, copy another worker's on-chain commitment, and
+        try to reveal with that worker's result. The commitment binds the committer's
+        address, so the reveal cannot match: the contract refuses it."""
+        lc, terms = self.lc, job.terms
+        assert terms is not None and lc.escrow is not None
+        escrow = lc.escrow
+        me = lc.node.identity.eth_address.lower()
+
+        async def others(kind: str, field: str) -> list[bytes]:
+            events = await lc.chain_events_for(terms.job_id)
+            return [
+                bytes.fromhex(str(e[field]).removeprefix("0x"))
+                for e in events
+                if e["event"] == kind and str(e.get("worker", "")).lower() != me
+            ]
+
+        copied: list[bytes] = []
+        while not copied and await escrow.now() < terms.common.commit_deadline:
+            copied = await others("committed", "commitment")
+            await trio.sleep(0.5)  # watching the chain for a commitment to copy
+        if not copied:
+            lc.record_worker(job, "claim_failed", extra={"reason": "nothing to copy"})
+            return
+        try:
+            await escrow.call(escrow.client.commit, terms, copied[0])
+            lc.record_worker(job, "committed_on_chain", extra={"copied": copied[0].hex()})
+            revealed: list[bytes] = []
+            while not revealed and await escrow.now() < terms.common.deadline:
+                revealed = await others("revealed", "result_hash")
+                await trio.sleep(0.5)  # waiting for the honest reveal to copy
+            await self._sleep_until_chain(terms.common.commit_deadline)
+            result_hash = revealed[0] if revealed else bytes(32)
+            await escrow.call(escrow.client.reveal, terms, result_hash, os.urandom(32))
+            lc.record_worker(job, "revealed_on_chain")
+        except SettlementError as exc:
             lc.record_worker(job, "claim_failed", extra={"reason": exc.reason})
 
     async def _sleep_until_chain(self, target: int) -> None:

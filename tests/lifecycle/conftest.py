@@ -164,3 +164,8 @@ async def wait_state(lc: Lifecycle, job_id: bytes, states: set[str], limit_s: fl
             if rec is not None and rec.state in states:
                 return rec.state
             await trio.sleep(0.05)
+
+
+def offering(lc: Lifecycle) -> int:
+    """Workers whose ads offer at least one job class (prices follow the fingerprint)."""
+    return sum(1 for worker in lc.node.caps.values() if worker.ad.prices)

@@ -7,14 +7,14 @@ from pathlib import Path
 import trio
 
 from protocol.jobs import job_id_from_text
-from tests.lifecycle.conftest import memory_swarm, wait_state
+from tests.lifecycle.conftest import memory_swarm, offering, wait_state
 from tests.net.conftest import wait_for
 
 
 async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
-        await wait_for(lambda: len(client.node.caps) == 2)
+        await wait_for(lambda: offering(client) == 2)
         before = [swarm.balance(i) for i in (1, 2)]
         text = client.client.submit(
             {"job_class": "noop", "params": {"payload": "hello"}},
@@ -55,7 +55,7 @@ async def test_transcode_and_inference_with_redundancy_two(tmp_path: Path) -> No
     model = make_tiny_gguf(tmp_path / "tiny.gguf")
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
-        await wait_for(lambda: len(client.node.caps) == 2)
+        await wait_for(lambda: offering(client) == 2)
         transcode = client.client.submit(
             {
                 "job_class": "media.transcode",
@@ -113,7 +113,7 @@ async def test_wrong_output_is_detected_unpaid_and_slashed(tmp_path: Path) -> No
 
     async with memory_swarm(tmp_path, workers=3, settings=settings, arbiter_index=3) as swarm:
         client = swarm.client
-        await wait_for(lambda: len(client.node.caps) == 3)  # the arbiter's ad offers no class
+        await wait_for(lambda: offering(client) == 2)
         honest_before, wrong_before = swarm.balance(1), swarm.balance(2)
         wrong_stake = swarm.stake(2)
         text = client.client.submit(
@@ -146,7 +146,7 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
 
     async with memory_swarm(tmp_path, workers=3, settings=settings) as swarm:
         client = swarm.client
-        await wait_for(lambda: len(client.node.caps) == 3)
+        await wait_for(lambda: offering(client) == 3)
         before = [swarm.balance(i) for i in (1, 2, 3)]
         text = client.client.submit(
             {"job_class": "noop", "params": {"duration_ms": 4000}},
@@ -174,7 +174,7 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
 async def test_client_vanishes_after_funding_and_workers_claim(tmp_path: Path) -> None:
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
-        await wait_for(lambda: len(client.node.caps) == 2)
+        await wait_for(lambda: offering(client) == 2)
         before = [swarm.balance(i) for i in (1, 2)]
         text = client.client.submit(
             {"job_class": "noop", "params": {"duration_ms": 500}},
@@ -217,7 +217,7 @@ async def test_no_worker_can_run_it_so_the_client_is_refunded(tmp_path: Path) ->
         tmp_path, workers=2, settings=lambda i: LifecycleSettings(max_attempts=2)
     ) as swarm:
         client = swarm.client
-        await wait_for(lambda: len(client.node.caps) == 2)
+        await wait_for(lambda: offering(client) == 2)
         escrow = client.escrow
         assert escrow is not None
         text = client.client.submit(
@@ -243,7 +243,7 @@ async def test_no_worker_can_run_it_so_the_client_is_refunded(tmp_path: Path) ->
 async def test_client_restarted_mid_job_resumes(tmp_path: Path) -> None:
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
-        await wait_for(lambda: len(client.node.caps) == 2)
+        await wait_for(lambda: offering(client) == 2)
         text = client.client.submit(
             {"job_class": "noop", "params": {"duration_ms": 1500}},
             {},
@@ -260,3 +260,43 @@ async def test_client_restarted_mid_job_resumes(tmp_path: Path) -> None:
         assert "resumed" in states
         assert states[-1] == "settled"
         assert restarted.node.events.verify_chain() == len(states)
+
+
+async def test_lazy_worker_copying_a_commitment_cannot_reveal_it(tmp_path: Path) -> None:
+    from node.lifecycle import LifecycleSettings
+
+    cheap = tuple((c, 10**11) for c, _ in LifecycleSettings().prices)
+
+    def settings(i: int) -> LifecycleSettings:
+        common = {"heartbeat_timeout_s": 3.0, "offer_fanout": 0}
+        if i == 1:  # the lazy one underbids to be chosen
+            return LifecycleSettings(behaviour="copy_commit", prices=cheap, **common)
+        return LifecycleSettings(**common)
+
+    async with memory_swarm(tmp_path, workers=3, settings=settings) as swarm:
+        client = swarm.client
+        await wait_for(lambda: offering(client) == 3)
+        lazy_before = swarm.balance(1)
+        text = client.client.submit(
+            {"job_class": "noop", "params": {}},
+            {},
+            redundancy=2,
+            max_price=10**15,
+            deadline_s=30,
+        )
+        job_id = job_id_from_text(text)
+        assert await wait_state(client, job_id, {"settled", "refunded"}, 90) == "settled"
+        rec = client.node.store.get_job(job_id)
+        assert rec is not None
+        assert swarm.identities[1].did in [w["did"] for w in rec.data["attempts"]["1"]["workers"]]
+        assert rec.data["attempt"] == 2  # attempt 1 failed: the lazy worker never delivered
+        lazy = swarm.lc(1)
+        with trio.fail_after(60):
+            while True:
+                lazy_rec = lazy.node.store.get_job(job_id)
+                if lazy_rec is not None and lazy_rec.state == "claim_failed":
+                    break
+                await trio.sleep(0.2)
+        assert lazy_rec.data["copied"]  # it did copy an honest commitment on chain
+        assert lazy_rec.data["reason"] == "reveal does not match commitment"
+        assert swarm.balance(1) == lazy_before
