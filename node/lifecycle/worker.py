@@ -319,7 +319,8 @@ class WorkerRole:
         try to reveal with that worker's result. The commitment binds the committer's
         address, so the reveal cannot match: the contract refuses it."""
         lc, terms = self.lc, job.terms
-        assert terms is not None and lc.escrow is not None
+        assert terms is not None
+        assert lc.escrow is not None
         escrow = lc.escrow
         me = lc.node.identity.eth_address.lower()
 
