@@ -182,3 +182,45 @@ def test_worker_killed_mid_job_is_replaced_nobody_paid_twice(swarm: dict[str, An
     paid = {n["did"]: view.balance(n["eth_address"]) - before[n["did"]] for n in workers}
     assert paid[victim["did"]] == 0
     assert sorted(paid.values()) == [0, 10**12, 10**12]
+
+
+def test_wrong_output_disputed_arbiter_pays_honest_and_slashes(tmp_path: Path) -> None:
+    """Separate network: an arbiter, two workers (one corrupts its results), a client."""
+    state = up(3, tmp_path / "net", lifecycle={2: {"behaviour": "wrong_output"}})
+    try:
+        home = client_home(state)
+        control = ControlClient(control_path(home), timeout=60)
+        view = escrow_view(state)
+        honest, wrong = (n for n in state["nodes"] if n["role"] == "worker")
+        assert Path(wrong["home"]).name == "node-02"
+        balances = {n["did"]: view.balance(n["eth_address"]) for n in (honest, wrong)}
+        stake = view.stake_of(wrong["eth_address"])
+        poll(
+            lambda: sum(1 for w in control.call("caps") if w["ad"]["prices"]) == 2,
+            60,
+            "both workers to advertise",
+        )
+        spec = json.loads((ROOT / "spec/examples/noop.json").read_text())
+        job = control.call(
+            "job_submit", spec=spec, inputs={}, redundancy=2, max_price=PRICE, deadline_s=120
+        )["job_id"]
+        final = poll(
+            lambda: (
+                (s := control.call("job_status", job_id=job))["state"] in ("settled", "refunded")
+                and s
+            ),
+            120,
+            "the arbiter's ruling",
+        )
+        assert final["state"] == "settled"
+        assert final["verdicts"] == {honest["did"]: True, wrong["did"]: False}
+        assert view.balance(honest["eth_address"]) - balances[honest["did"]] == 10**12
+        assert view.balance(wrong["eth_address"]) == balances[wrong["did"]]
+        assert view.stake_of(wrong["eth_address"]) < stake  # its stake lock was slashed
+        states = [e["state"] for e in control.call("job_events", job_id=job)]
+        assert "disputed" in states
+        assert states[-1] == "settled"
+        reps = {r["worker"]: r for r in control.call("reputation") if r["job_class"] == "noop"}
+        assert reps[wrong["did"]]["score"] < reps[honest["did"]]["score"]
+    finally:
+        down(tmp_path / "net")

@@ -14,7 +14,7 @@ from tests.net.conftest import wait_for
 async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
-        await wait_for(lambda: offering(client) == 2)
+        await wait_for(lambda: offering(client) == 2, 60)
         before = [swarm.balance(i) for i in (1, 2)]
         text = client.client.submit(
             {"job_class": "noop", "params": {"payload": "hello"}},
@@ -55,7 +55,7 @@ async def test_transcode_and_inference_with_redundancy_two(tmp_path: Path) -> No
     model = make_tiny_gguf(tmp_path / "tiny.gguf")
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
-        await wait_for(lambda: offering(client) == 2)
+        await wait_for(lambda: offering(client) == 2, 60)
         transcode = client.client.submit(
             {
                 "job_class": "media.transcode",
@@ -113,7 +113,7 @@ async def test_wrong_output_is_detected_unpaid_and_slashed(tmp_path: Path) -> No
 
     async with memory_swarm(tmp_path, workers=3, settings=settings, arbiter_index=3) as swarm:
         client = swarm.client
-        await wait_for(lambda: offering(client) == 2)
+        await wait_for(lambda: offering(client) == 2, 60)
         honest_before, wrong_before = swarm.balance(1), swarm.balance(2)
         wrong_stake = swarm.stake(2)
         text = client.client.submit(
@@ -146,7 +146,7 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
 
     async with memory_swarm(tmp_path, workers=3, settings=settings) as swarm:
         client = swarm.client
-        await wait_for(lambda: offering(client) == 3)
+        await wait_for(lambda: offering(client) == 3, 60)
         before = [swarm.balance(i) for i in (1, 2, 3)]
         text = client.client.submit(
             {"job_class": "noop", "params": {"duration_ms": 4000}},
@@ -174,7 +174,7 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
 async def test_client_vanishes_after_funding_and_workers_claim(tmp_path: Path) -> None:
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
-        await wait_for(lambda: offering(client) == 2)
+        await wait_for(lambda: offering(client) == 2, 60)
         before = [swarm.balance(i) for i in (1, 2)]
         text = client.client.submit(
             {"job_class": "noop", "params": {"duration_ms": 500}},
@@ -217,7 +217,7 @@ async def test_no_worker_can_run_it_so_the_client_is_refunded(tmp_path: Path) ->
         tmp_path, workers=2, settings=lambda i: LifecycleSettings(max_attempts=2)
     ) as swarm:
         client = swarm.client
-        await wait_for(lambda: offering(client) == 2)
+        await wait_for(lambda: offering(client) == 2, 60)
         escrow = client.escrow
         assert escrow is not None
         text = client.client.submit(
@@ -243,7 +243,7 @@ async def test_no_worker_can_run_it_so_the_client_is_refunded(tmp_path: Path) ->
 async def test_client_restarted_mid_job_resumes(tmp_path: Path) -> None:
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
-        await wait_for(lambda: offering(client) == 2)
+        await wait_for(lambda: offering(client) == 2, 60)
         text = client.client.submit(
             {"job_class": "noop", "params": {"duration_ms": 1500}},
             {},
@@ -275,7 +275,7 @@ async def test_lazy_worker_copying_a_commitment_cannot_reveal_it(tmp_path: Path)
 
     async with memory_swarm(tmp_path, workers=3, settings=settings) as swarm:
         client = swarm.client
-        await wait_for(lambda: offering(client) == 3)
+        await wait_for(lambda: offering(client) == 3, 60)
         lazy_before = swarm.balance(1)
         text = client.client.submit(
             {"job_class": "noop", "params": {}},

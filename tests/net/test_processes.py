@@ -126,18 +126,20 @@ def test_testnet_up_status_down_leaves_nothing(tmp_path: Path) -> None:
     result = c0("testnet", "up", "--nodes", "3", "--dir", str(net), "--json")
     assert result.returncode == 0, result.stderr
     state = json.loads((net / "testnet.json").read_text())
-    assert len(state["nodes"]) == 3
+    assert [n["role"] for n in state["nodes"]] == ["arbiter", "worker", "worker", "client"]
     for node in state["nodes"]:
         assert set(node) >= {"did", "peer_id", "eth_address", "multiaddrs", "home", "pid", "role"}
         caps = ControlClient(control_path(Path(node["home"]))).call("caps")
-        assert len(caps) == 2
-    assert "chain" in state
+        assert len(caps) == (3 if node["role"] == "client" else 2)  # light nodes send no ad
+    assert {"rpc_url", "chain_id", "escrow"} <= set(state)
+    anvil_pid = state["chain"]["pid"]
+    assert Path(f"/proc/{anvil_pid}").exists()
     status = json.loads(c0("testnet", "status", "--dir", str(net), "--json").stdout)
     assert all(n["running"] for n in status["nodes"])
     result = c0("testnet", "down", "--dir", str(net), "--json")
     assert result.returncode == 0, result.stderr
-    for node in state["nodes"]:
-        assert not Path(f"/proc/{node['pid']}").exists() or _zombie(node["pid"])
+    for pid in [n["pid"] for n in state["nodes"]] + [anvil_pid]:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
     result = c0("testnet", "status", "--dir", str(net), "--json")
     assert result.returncode == 1
     assert not any(n["running"] for n in json.loads(result.stdout)["nodes"])
