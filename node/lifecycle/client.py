@@ -345,9 +345,8 @@ class ClientRole:
             ),
             tuple(EscrowAssignment(b[3].eth_address, b[0], stake_lock) for b in winners),
         )
-        await lc.escrow.ensure_deposit(max(lc.settings.deposit_wei, terms.escrowed))
         try:
-            tx = await lc.escrow.open([terms])
+            tx = await lc.opens.open(terms)
         except SettlementError as exc:
             lc.event(job_id, number, "failed", detail={"reason": f"escrow: {exc.reason}"})
             await trio.sleep(_NO_WORKER_POLL_S)

@@ -18,7 +18,7 @@ from node.lifecycle.arbitration import Arbitration
 from node.lifecycle.client import ClientRole
 from node.lifecycle.escrow import AsyncEscrow
 from node.lifecycle.settings import ChainInfo, LifecycleSettings
-from node.lifecycle.settle import RefundKeeper, ReleaseBatcher
+from node.lifecycle.settle import OpenBatcher, RefundKeeper, ReleaseBatcher
 from node.lifecycle.worker import WorkerJob, WorkerRole
 from protocol.envelope import SignedMessage, envelope_hash
 from protocol.errors import C0Error
@@ -76,6 +76,7 @@ class Lifecycle:
         self.worker = WorkerRole(self)
         self.arbitration = Arbitration(self)
         self.releases = ReleaseBatcher(self)
+        self.opens = OpenBatcher(self)
         self.refunds = RefundKeeper(self)
         self._nursery: trio.Nursery | None = None
         handlers: dict[str, Callable[[SignedMessage, str], Awaitable[Message | None]]] = {
@@ -103,6 +104,7 @@ class Lifecycle:
                     await self.escrow.ensure_stake(self.settings.stake_wei)
                     self.node.update_ad(stake=self.settings.stake_wei)
                 nursery.start_soon(self.releases.run)
+                nursery.start_soon(self.opens.run)
                 nursery.start_soon(self.refunds.run)
             if self.executes:
                 nursery.start_soon(self._advertise)

@@ -26,6 +26,7 @@ class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
     tx: TxResult | None = None
     signature: bytes = b""
+    error: str = ""
 
 
 class ReleaseBatcher:
@@ -69,6 +70,61 @@ class ReleaseBatcher:
         self.batches.append({"tx": tx.tx, "jobs": len(batch), "gas": tx.gas_used})
         for pending in batch:
             pending.tx, pending.signature = share, signature
+            pending.done.set()
+
+
+class OpenBatcher:
+    """Funds the escrows of jobs assigned close together in one `open` transaction.
+
+    If the contract refuses a batch (one job's terms are bad), each job is opened on its
+    own, so one bad job costs the others nothing but a retry.
+    """
+
+    def __init__(self, lc: Lifecycle) -> None:
+        self.lc = lc
+        self.queue: list[_Pending] = []
+        self._wake = trio.Event()
+        self.batches: list[dict[str, Any]] = []
+
+    async def open(self, terms: EscrowTerms) -> TxResult:
+        pending = _Pending(terms)
+        self.queue.append(pending)
+        self._wake.set()
+        await pending.done.wait()
+        if pending.tx is None:
+            raise SettlementError(pending.error or "open refused")
+        return pending.tx
+
+    async def run(self) -> None:
+        s = self.lc.settings
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await trio.sleep(s.open_interval_s)  # pacing: let jobs assigned together join
+            while self.queue:
+                batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
+                await self._open(batch)
+
+    async def _open(self, batch: list[_Pending]) -> None:
+        escrow = self.lc.escrow
+        assert escrow is not None
+        await escrow.ensure_deposit(
+            max(self.lc.settings.deposit_wei, sum(p.terms.escrowed for p in batch))
+        )
+        try:
+            tx = await escrow.open([p.terms for p in batch])
+        except SettlementError as exc:
+            if len(batch) == 1:
+                batch[0].error = exc.reason
+                batch[0].done.set()
+                return
+            for pending in batch:  # find the bad one(s) by opening each alone
+                await self._open([pending])
+            return
+        share = TxResult(tx.tx, tx.block, tx.gas_used // len(batch), tx.events)
+        self.batches.append({"tx": tx.tx, "jobs": len(batch), "gas": tx.gas_used})
+        for pending in batch:
+            pending.tx = share
             pending.done.set()
 
 
