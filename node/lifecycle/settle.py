@@ -100,7 +100,7 @@ class OpenBatcher:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            await trio.sleep(s.open_interval_s)  # pacing: let jobs assigned together join
+            await trio.sleep(s.open_interval_s)  # pacing (0 by default: natural batching)
             while self.queue:
                 batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
                 await self._open(batch)
