@@ -54,7 +54,7 @@ class LifecycleSettings:
     deposit_wei: int = 10**18  # topped up to before opening escrows
     release_batch: int = 50
     release_interval_s: float = 0.2
-    open_interval_s: float = 0.0  # 0: no wait; jobs queued while an open is in flight share the next
+    open_interval_s: float = 0.0  # 0: jobs queued while an open is in flight share the next
     default_deadline_s: int = 300
     arbiter: str = ""  # Ethereum address named in the terms; default: the chain file's
     reputation_threshold: float = 0.3
