@@ -13,7 +13,8 @@ from protocol.errors import UserError
 
 __all__ = ["FUNDING_WEI", "start", "stop"]
 
-FUNDING_WEI = 1000 * 10**18
+FUNDING_WEI = 100 * 10**18  # per node; a client deposits 1 ETH, a worker stakes 0.1
+ANVIL_BALANCE_ETH = 1_000_000  # per dev account: enough to fund hundreds of nodes
 
 
 def start(kind: str, directory: Path, addresses: list[str]) -> dict[str, Any] | None:
@@ -26,7 +27,7 @@ def start(kind: str, directory: Path, addresses: list[str]) -> dict[str, Any] | 
     from node.chain.backends import rpc_chain
     from node.chain.client import EscrowClient
 
-    anvil = Anvil()
+    anvil = Anvil(balance_eth=ANVIL_BALANCE_ETH)
     url = anvil.start()
     proc = anvil._proc  # the testnet outlives this process: keep the pid, not the object
     assert proc is not None

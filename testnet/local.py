@@ -203,9 +203,10 @@ def _ready(home: Path, proc: subprocess.Popen[bytes]) -> bool:
 
 def _all_heard(homes: list[Path], n: int, procs: list[subprocess.Popen[bytes]]) -> bool:
     """Every node knows every full node's ad (its own aside; light nodes publish none)."""
-    for index, (home, proc) in enumerate(zip(homes, procs, strict=True)):
+    for home, proc in zip(homes, procs, strict=True):  # a dead node fails fast
         if proc.poll() is not None:
             raise C0Error(f"{home.name} exited with code {proc.returncode}")
+    for index, home in enumerate(homes):
         expected = n - 1 if index < n else n
         if _call(home, "status")["known_workers"] < expected:
             return False

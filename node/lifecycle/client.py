@@ -3,6 +3,7 @@ jobs this node submits. One task per job; every step is persisted so a restart r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -228,15 +229,25 @@ class ClientRole:
     # ------------------------------------------------------------ routing and funding
     def candidates(self, spec: JobSpec) -> list[Candidate]:
         lc = self.lc
+        # A gossiped load is seconds old; add the jobs we ourselves have running there, so
+        # a burst spreads over the swarm instead of piling onto the same few workers.
+        inflight: dict[str, int] = {}
+        for attempt in self.active.values():
+            for did in attempt.slots:
+                inflight[did] = inflight.get(did, 0) + 1
         out = []
         for did, worker in lc.node.caps.items():
             if did == lc.node.did:
                 continue
+            ad = worker.ad
+            if inflight.get(did):
+                load = min(1.0, ad.load + inflight[did] / max(1, ad.max_concurrent))
+                ad = dataclasses.replace(ad, load=load)
             rep = lc.reputation_of(did, spec.job_class)
             out.append(
                 Candidate(
                     did=did,
-                    ad=worker.ad,
+                    ad=ad,
                     reputation=rep.score,
                     recent_timeouts=rep.timeouts,
                     expires_at=worker.expires_ms,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,18 @@ class Lifecycle:
         from node.lifecycle.fingerprint import ad_runtimes
 
         classes = [c for c, _ in self.settings.prices]
-        self.runtimes = await trio.to_thread.run_sync(ad_runtimes, classes)
+        delay = 1.0
+        for _ in range(20):  # bounded: a machine starting many nodes may be slow
+            try:
+                self.runtimes = await trio.to_thread.run_sync(ad_runtimes, classes, 300.0)
+                break
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                log.warning("runtime fingerprint failed (%s); retrying", exc)
+                await trio.sleep(delay)  # backoff before trying the child again
+                delay = min(delay * 2, 30.0)
+        else:
+            log.error("no runtime fingerprint: this node offers no job classes")
+            return
         self.node.update_ad(runtimes=self.runtimes, prices=dict(self.settings.prices))
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:

@@ -94,6 +94,7 @@ class Negotiator:
     handlers: dict[str, Handler] = field(default_factory=dict)
     _active: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     _idle: defaultdict[str, list[_Conn]] = field(default_factory=lambda: defaultdict(list))
+    _slots: dict[str, trio.Semaphore] = field(default_factory=dict)
     served: int = 0
 
     def on(self, message_type: str, handler: Handler) -> None:
@@ -182,9 +183,17 @@ class Negotiator:
         is penalised), RequestTimeout, or trio.BrokenResourceError (peer unreachable).
         """
         limit = self.config.request_timeout_s if timeout is None else timeout
+        # Never hold more requests to one peer than half its inbound stream limit: a burst
+        # of our own jobs must queue here, not trip the peer's flood protection.
+        slots = self._slots.get(peer_id)
+        if slots is None:
+            slots = self._slots[peer_id] = trio.Semaphore(
+                max(1, self.config.max_streams_per_peer // 2)
+            )
         try:
             with trio.fail_after(limit):
-                return await self._request(peer_id, envelope)
+                async with slots:
+                    return await self._request(peer_id, envelope)
         except trio.TooSlowError:
             raise RequestTimeout(f"no reply from {peer_id} within {limit:g} s") from None
 

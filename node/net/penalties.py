@@ -34,7 +34,7 @@ PENALTY_WEIGHTS: dict[str, float] = {
     "not_yet_valid": 10.0,
     "replayed": 10.0,
     "stale_seq": 10.0,
-    "busy": 5.0,
+    "busy": 1.0,  # an honest client in a burst hits the stream limit too; floods still add up
     "protocol_violation": 30.0,
 }
 DEFAULT_WEIGHT = 20.0
