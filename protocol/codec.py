@@ -237,7 +237,17 @@ def decode(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
             previous = b""
             for _ in range(arg):
                 start = pos
-                key, pos = item(pos, depth + 1)
+                head = raw[pos] if pos < n else -1
+                if 0x60 <= head <= 0x77:  # short text key: the common case, inlined
+                    pos += 1 + (head - 0x60)
+                    if pos > n:
+                        raise truncated(pos)
+                    try:
+                        key = str(raw[start + 1 : pos], "utf-8")
+                    except UnicodeDecodeError:
+                        raise PeerProtocolError("malformed", "text string is not UTF-8") from None
+                else:
+                    key, pos = item(pos, depth + 1)
                 kbytes = raw[start:pos]
                 if kbytes <= previous:
                     reason = "duplicate map key" if kbytes == previous else "map keys not sorted"

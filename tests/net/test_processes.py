@@ -124,6 +124,13 @@ def test_kill_9_loses_nothing_acknowledged(
 def test_testnet_up_status_down_leaves_nothing(tmp_path: Path) -> None:
     net = tmp_path / "net"
     result = c0("testnet", "up", "--nodes", "3", "--dir", str(net), "--json")
+    try:
+        _check_testnet(net, result)
+    finally:  # whatever failed, leave no process behind
+        c0("testnet", "down", "--dir", str(net), "--json")
+
+
+def _check_testnet(net: Path, result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, result.stderr
     state = json.loads((net / "testnet.json").read_text())
     assert [n["role"] for n in state["nodes"]] == ["arbiter", "worker", "worker", "client"]
