@@ -4,18 +4,18 @@ terms re-verifies every result itself from signed evidence and splits the escrow
 from __future__ import annotations
 
 import logging
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.executors.manifest import spec_from_json, write_manifest
+from node.executors.manifest import spec_from_json
 from node.lifecycle.escrow import terms_from_json, terms_to_json
+from node.lifecycle.results import materialize, template_of
 from node.verification import verify_result
 from protocol import codec
 from protocol.envelope import SignedMessage, open_envelope
 from protocol.errors import C0Error, PeerProtocolError
-from protocol.jobs import JobTemplate, job_id_text
+from protocol.jobs import job_id_text
 from protocol.messages import Bid, DisputeOpen, ResultReveal
 from protocol.settlement import STATUS_SETTLED, SettlementError
 from protocol.state import Event, JobMachine
@@ -162,29 +162,10 @@ class Arbitration:
         inputs = {}
         for name, ref in spec.inputs.items():
             inputs[name] = await lc.node.blobs.fetch(peer, ref.sha256, ref.size)
-        template = JobTemplate.from_json(
-            {
-                "job_class": spec.job_class,
-                "params": dict(spec.params),
-                "inputs": {n: r.to_json() for n, r in spec.inputs.items()},
-                "limits": dict(spec.limits),
-            }
-        )
+        template = template_of(spec)
         passed_eth: set[str] = set()
         for did, reveal in reveals.items():
-            folder = work / did[-16:]
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            for artifact in reveal.manifest.get("artifacts", []):
-                name = str(artifact["name"])
-                if "/" in name or name.startswith("."):
-                    continue
-                got = await lc.node.blobs.fetch(
-                    peer, bytes.fromhex(str(artifact["sha256"])), int(artifact["size"])
-                )
-                shutil.copyfile(got, folder / name)
-            write_manifest(folder, reveal.manifest)
+            folder = await materialize(lc.node.blobs, peer, reveal.manifest, work / did[-16:])
             report = await trio.to_thread.run_sync(
                 lambda f=folder: verify_result(template, f, inputs=inputs)
             )

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.app import now_ms
-from node.executors.manifest import MANIFEST_NAME, spec_from_json, spec_to_json, write_manifest
+from node.executors.manifest import MANIFEST_NAME, spec_from_json, spec_to_json
 from node.lifecycle.escrow import attempt_chain_id, terms_from_json, terms_to_json
+from node.lifecycle.results import materialize, template_of
 from node.verification import verify_result
 from protocol.envelope import SignedMessage, open_envelope
 from protocol.errors import C0Error, InvalidJobSpec, PeerProtocolError, UserError
@@ -609,22 +610,9 @@ class ClientRole:
     # ------------------------------------------------------------ verification
     async def _materialize(self, job_id: bytes, slot: WorkerSlot) -> Path:
         """Fetch a worker's artifacts by hash and lay them out as a result folder."""
-        assert slot.reveal is not None
-        msg = slot.reveal.message
-        assert isinstance(msg, ResultReveal)
+        msg = _reveal(slot)
         folder = self.results_root / job_id_text(job_id) / str(msg.attempt) / slot.did[-16:]
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        for artifact in msg.manifest.get("artifacts", []):
-            name = str(artifact["name"])
-            if "/" in name or name.startswith(".") or not name:
-                raise PeerProtocolError("protocol_violation", f"artifact name {name!r}")
-            digest = bytes.fromhex(str(artifact["sha256"]))
-            path = await self.lc.node.blobs.fetch(slot.peer, digest, int(artifact["size"]))
-            shutil.copyfile(path, folder / name)
-        write_manifest(folder, msg.manifest)
-        return folder
+        return await materialize(self.lc.node.blobs, slot.peer, msg.manifest, folder)
 
     async def _verify(
         self,
@@ -635,14 +623,7 @@ class ClientRole:
         attempt: Attempt,
     ) -> None:
         lc = self.lc
-        template = JobTemplate.from_json(
-            {
-                "job_class": spec.job_class,
-                "params": dict(spec.params),
-                "inputs": {n: r.to_json() for n, r in spec.inputs.items()},
-                "limits": dict(spec.limits),
-            }
-        )
+        template = template_of(spec)
         inputs = {name: Path(p) for name, p in data["inputs"].items()}
         folders: dict[str, Path | None] = {}
         for did, slot in attempt.slots.items():

@@ -1,0 +1,52 @@
+"""Result folders rebuilt from a revealed manifest: what the client and the arbiter
+verify. Artifacts are fetched by hash; names from the network are checked first."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.executors.manifest import write_manifest
+from node.net.blobs import BlobService
+from protocol.errors import PeerProtocolError
+from protocol.jobs import JobSpec, JobTemplate
+
+__all__ = ["materialize", "template_of"]
+
+
+def _fresh(folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def template_of(spec: JobSpec) -> JobTemplate:
+    """The JSON-form template of a bound spec (what `verify_result` takes)."""
+    return JobTemplate.from_json(
+        {
+            "job_class": spec.job_class,
+            "params": dict(spec.params),
+            "inputs": {name: ref.to_json() for name, ref in spec.inputs.items()},
+            "limits": dict(spec.limits),
+        }
+    )
+
+
+async def materialize(
+    blobs: BlobService, peer: str, manifest: dict[str, Any], folder: Path
+) -> Path:
+    """Fetch every artifact of `manifest` from `peer` into a fresh `folder` with the
+    manifest beside them; a name that is not a plain file name is a peer error."""
+    await trio.to_thread.run_sync(_fresh, folder)
+    for artifact in manifest.get("artifacts", []):
+        name = str(artifact["name"])
+        if not name or "/" in name or "\\\\" in name or name.startswith("."):
+            raise PeerProtocolError("protocol_violation", f"artifact name {name!r}")
+        digest = bytes.fromhex(str(artifact["sha256"]))
+        path = await blobs.fetch(peer, digest, int(artifact["size"]))
+        shutil.copyfile(path, folder / name)
+    write_manifest(folder, manifest)
+    return folder
