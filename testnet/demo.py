@@ -63,6 +63,13 @@ def _run_jobs(state: dict[str, Any], clip: Path, model: Path, say: Any) -> bool:
     names = {n["did"]: f"{n['role']}-{i}" for i, n in enumerate(state["nodes"])}
     client_home = Path(next(n["home"] for n in state["nodes"] if n["role"] == "client"))
     client = ControlClient(control_path(client_home), timeout=120)
+    workers = sum(1 for n in state["nodes"] if n["role"] == "worker")
+    ready_by = time.monotonic() + 120
+    while time.monotonic() < ready_by:  # workers advertise prices once fingerprinted
+        if sum(1 for w in client.call("caps") if w["ad"]["prices"]) >= workers:
+            break
+        time.sleep(0.2)
+    say(f"{workers} workers advertise their job classes and prices")
     jobs = {
         "transcode": client.call(
             "job_submit",
