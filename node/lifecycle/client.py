@@ -515,11 +515,14 @@ class ClientRole:
         if info is not None:
             info["outcome"] = {"failed": failure.reason, "culprits": list(failure.culprits)}
         data["tried"] = sorted(set(data["tried"]) | set(failure.culprits))
-        for did in failure.culprits:
-            kind = "timeout" if "heartbeat" in failure.reason else "failed"
-            lc.add_evidence(
-                did, data["spec"]["job_class"], kind, job_id, f"attempt:{attempt.number}"
-            )
+        if failure.event in (Event.HEARTBEAT_TIMEOUT, Event.START_TIMEOUT):
+            # Unresponsive workers lose reputation. A worker that reported a failed run
+            # does not: the input may be the client's fault (wrong results are counted
+            # from verdicts instead).
+            for did in failure.culprits:
+                lc.add_evidence(
+                    did, data["spec"]["job_class"], "timeout", job_id, f"attempt:{attempt.number}"
+                )
         event = failure.event
         if event not in machine.allowed():
             event = Event.WORKER_FAILED if Event.WORKER_FAILED in machine.allowed() else event
@@ -580,7 +583,8 @@ class ClientRole:
         if slot.commitment is None:
             raise PeerProtocolError("protocol_violation", "reveal before commit")
         if commit_hash(msg.result_hash, slot.eth, msg.salt) != slot.commitment:
-            self.lc.add_evidence(slot.did, "", "failed", msg.job_id, "bad_reveal")
+            job_class = self.records.get(msg.job_id, {}).get("spec", {}).get("job_class", "")
+            self.lc.add_evidence(slot.did, job_class, "verify_failed", msg.job_id, "bad_reveal")
             raise PeerProtocolError("protocol_violation", "reveal does not match the commitment")
         try:
             digest = result_digest(msg.manifest)

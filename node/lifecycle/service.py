@@ -263,7 +263,6 @@ class Lifecycle:
         *,
         runtime_ms: int | None = None,
     ) -> None:
-        kind = {"failed": "timeout"}.get(kind, kind)
         self.node.store.db.execute(
             "INSERT OR IGNORE INTO evidence (worker, job_class, kind, job_id, source, at_ms,"
             " runtime_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
