@@ -284,7 +284,7 @@ class ClientRole:
         chosen = [r.did for r in ranked if r.reason == "selected"]
         if len(chosen) < k:
             self._save(job_id, data, machine)
-            await trio.sleep(_NO_WORKER_POLL_S)  # wait for ads: bounded by the deadline
+            await lc.wait_for_ads(_NO_WORKER_POLL_S)  # new workers may appear
             return None
         chain_now = await lc.escrow.now()
         remaining_s = max(2, (deadline_ms - now_ms()) // 1000)
@@ -332,7 +332,7 @@ class ClientRole:
         bids.sort(key=lambda b: (b[0], b[1]))
         if len(bids) < k:
             self._save(job_id, data, machine)
-            await trio.sleep(_NO_WORKER_POLL_S)
+            await lc.wait_for_ads(_NO_WORKER_POLL_S)  # too few bids: wait for the swarm
             return None
         winners = bids[:k]
         outcome = {b[2]: f"won: bid {b[0]}" for b in winners}

@@ -44,8 +44,8 @@ async def _run(
         await nursery.start(node.run)
         await nursery.start(lc.run)
         with trio.move_on_after(_DISCOVERY_S):
-            while len(node.caps) < int(request["redundancy"]):  # noqa: ASYNC110
-                await trio.sleep(0.1)
+            while sum(1 for w in node.caps.values() if w.ad.prices) < int(request["redundancy"]):
+                await lc.wait_for_ads(_DISCOVERY_S)
         text = lc.client.submit(
             request["spec"],
             request["inputs"],
@@ -61,7 +61,7 @@ async def _run(
                 rec = node.store.get_job(job_id)
                 if rec is not None and State(rec.state) in TERMINAL:
                     break
-                await trio.sleep(0.25)
+                await lc.jobs_changed.wait()
         rec = node.store.get_job(job_id)
         if rec is None:
             raise C0Error("the job record vanished", code="internal")

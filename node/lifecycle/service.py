@@ -7,7 +7,6 @@ import json
 import logging
 import subprocess
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -23,7 +22,6 @@ from node.lifecycle.settle import OpenBatcher, RefundKeeper, ReleaseBatcher
 from node.lifecycle.worker import WorkerJob, WorkerRole
 from protocol.envelope import SignedMessage, envelope_hash
 from protocol.errors import C0Error
-from protocol.jobs import job_id_text
 from protocol.messages import JobEvent, Message, Receipt
 from protocol.reputation import Evidence, Reputation, compute_reputation
 from protocol.settlement import EscrowTerms
@@ -43,10 +41,6 @@ CREATE TABLE IF NOT EXISTS evidence (
 CREATE TABLE IF NOT EXISTS envelopes (
     hash BLOB PRIMARY KEY, type TEXT NOT NULL, job_id BLOB, sender TEXT NOT NULL,
     envelope BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chain_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, chain_job_id TEXT NOT NULL, event TEXT NOT NULL,
-    tx TEXT NOT NULL, body TEXT NOT NULL, UNIQUE (chain_job_id, event, tx)
 );
 """
 
@@ -80,6 +74,11 @@ class Lifecycle:
         self.opens = OpenBatcher(self)
         self.refunds = RefundKeeper(self)
         self._nursery: trio.Nursery | None = None
+        # Pulsed (set, then replaced) when a worker's ad arrives or a job record changes:
+        # what waiting tasks synchronise on.
+        self.ads_changed = trio.Event()
+        self.jobs_changed = trio.Event()
+        node.on_ad.append(lambda _worker: self._pulse_ads())
         handlers: dict[str, Callable[[SignedMessage, str], Awaitable[Message | None]]] = {
             "offer": self.worker.on_offer,
             "assignment": self.worker.on_assignment,
@@ -155,6 +154,17 @@ class Lifecycle:
     # ------------------------------------------------------------ records
     def store_job(self, job_id: bytes, role: str, state: str, data: dict[str, Any]) -> None:
         self.node.store.put_job(job_id, role=role, state=str(state), data=data)
+        self.jobs_changed.set()
+        self.jobs_changed = trio.Event()
+
+    def _pulse_ads(self) -> None:
+        self.ads_changed.set()
+        self.ads_changed = trio.Event()
+
+    async def wait_for_ads(self, limit_s: float) -> None:
+        """Until a new ad arrives or `limit_s` passes (ads also change by expiring)."""
+        with trio.move_on_after(limit_s):
+            await self.ads_changed.wait()
 
     def event(
         self,
@@ -298,12 +308,6 @@ class Lifecycle:
     def reputation_of(self, did: str, job_class: str) -> Reputation:
         return compute_reputation(self.evidence(did), worker=did, job_class=job_class, now=now_ms())
 
-    def chain_event(self, event: str, terms_json: dict[str, Any], tx: str) -> None:
-        self.node.store.db.execute(
-            "INSERT OR IGNORE INTO chain_events (chain_job_id, event, tx, body) VALUES (?,?,?,?)",
-            (terms_json["job_id"], event, tx, json.dumps(terms_json)),
-        )
-
     async def chain_events_for(self, chain_job_id: bytes | None = None) -> list[dict[str, Any]]:
         """Escrow events from the chain itself (never from our own records)."""
         escrow = self.escrow
@@ -382,12 +386,6 @@ class Lifecycle:
         )
         for worker in info["workers"]:
             await self.send_quietly(worker["peer"], receipt, tries=2)
-
-    def job_label(self, job_id: bytes) -> str:
-        return job_id_text(job_id)
-
-    def results_dir(self) -> Path:
-        return self.node.home / "results"
 
 
 def _worker_state(phase: str) -> str:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.chain.client import TxResult
-from node.lifecycle.escrow import terms_to_json
 from protocol.settlement import STATUS_DISPUTED, STATUS_OPEN, EscrowTerms, SettlementError
 
 if TYPE_CHECKING:
@@ -108,9 +107,16 @@ class OpenBatcher:
     async def _open(self, batch: list[_Pending]) -> None:
         escrow = self.lc.escrow
         assert escrow is not None
-        await escrow.ensure_deposit(
-            max(self.lc.settings.deposit_wei, sum(p.terms.escrowed for p in batch))
-        )
+        try:
+            await escrow.ensure_deposit(
+                max(self.lc.settings.deposit_wei, sum(p.terms.escrowed for p in batch))
+            )
+        except SettlementError as exc:  # e.g. the client's account cannot pay: fail these jobs
+            log.warning("deposit for %d job(s) refused: %s", len(batch), exc.message)
+            for pending in batch:
+                pending.error = exc.reason
+                pending.done.set()
+            return
         try:
             tx = await escrow.open([p.terms for p in batch])
         except SettlementError as exc:
@@ -170,7 +176,6 @@ class RefundKeeper:
                             self.closed.add(chain_id)
                         else:
                             self.refunded[chain_id] = tx.tx
-                            self.lc.chain_event("refunded", terms_to_json(terms), tx.tx)
                         del self.pending[chain_id]
                         self._changed.set()
                         self._changed = trio.Event()

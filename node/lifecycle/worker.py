@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -361,10 +361,3 @@ class WorkerRole:
             if now > target:
                 return
             await trio.sleep(min(1.0, target - now + 0.1))  # the chain clock ticks in seconds
-
-    # ------------------------------------------------------------ introspection
-    def describe(self) -> list[dict[str, Any]]:
-        return [
-            {"job_id": job_id_text(j), "attempt": a, "assigned": w.assignment is not None}
-            for (j, a), w in self.jobs.items()
-        ]

@@ -224,3 +224,53 @@ def test_wrong_output_disputed_arbiter_pays_honest_and_slashes(tmp_path: Path) -
         assert reps[wrong["did"]]["score"] < reps[honest["did"]]["score"]
     finally:
         down(tmp_path / "net")
+
+
+def test_submit_without_a_running_node_uses_an_ephemeral_light_node(
+    swarm: dict[str, Any], tmp_path: Path
+) -> None:
+    import dataclasses
+    import shutil
+
+    from node.config import CONFIG_FILE, load_config, render_config
+
+    source = client_home(swarm)
+    home = tmp_path / "visitor"
+    home.mkdir()
+    config = load_config(source / CONFIG_FILE)
+    network = {f.name: getattr(config.network, f.name) for f in dataclasses.fields(config.network)}
+    network["listen"] = ("/ip4/127.0.0.1/tcp/0",)
+    (home / CONFIG_FILE).write_text(render_config(config.replace(network=network)))
+    shutil.copy(source / "chain.json", home / "chain.json")
+    created = c0("identity", "new", "--json", home=home)
+    assert created.returncode == 0, created.stderr
+    chain = rpc_chain(swarm["rpc_url"], chain_id=swarm["chain_id"])
+    funder = chain.dev_account(3)  # a visitor brings its own money
+    tx = funder.sign_transaction(
+        {
+            "to": json.loads(created.stdout)["eth_address"],
+            "value": 10**19,
+            "gas": 21_000,
+            "nonce": chain.w3.eth.get_transaction_count(funder.address),
+            "chainId": chain.chain_id,
+            "maxFeePerGas": 50 * 10**9,
+            "maxPriorityFeePerGas": 10**9,
+        }
+    )
+    chain.w3.eth.wait_for_transaction_receipt(chain.w3.eth.send_raw_transaction(tx.raw_transaction))
+    done = c0(
+        "job",
+        "submit",
+        str(ROOT / "spec/examples/noop.json"),
+        "--redundancy",
+        "1",
+        "--deadline",
+        "120",
+        "--json",
+        home=home,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    status = json.loads(done.stdout)
+    assert status["state"] == "settled"
+    assert len(status["workers"]) == 1
+    assert not control_path(home).exists()  # it ran for this job only
