@@ -106,7 +106,7 @@ async def test_bytes_not_matching_the_hash(nursery: trio.Nursery, tmp_path: Path
     sha = net.server.put_bytes(data)
     # corrupt the served file behind the store's back
     path = net.server.path_of(sha)
-    path.write_bytes(b"\x00" + data[1:])
+    path.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])
     with pytest.raises(PeerProtocolError) as err:
         await net.client.fetch(SERVER, sha, len(data))
     assert err.value.reason == "hash_mismatch"
