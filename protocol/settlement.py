@@ -8,7 +8,7 @@ contract computes the same hashes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eth_abi.abi import encode as abi_encode
@@ -23,6 +23,8 @@ ZERO_ADDRESS = "0x" + "00" * 20
 MAX_WORKERS = 5
 MAX_BATCH = 64
 MAX_GROUPS = 8
+MAX_DEPTH = 6  # 2**MAX_DEPTH == MAX_BATCH
+ZERO32 = bytes(32)
 SHA256_MULTIHASH_PREFIX = b"\x12\x20"
 # secp256k1 group order / 2: the contract refuses signatures with a larger s (EIP-2)
 HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
@@ -31,14 +33,15 @@ DOMAIN_NAME = "c0-escrow"
 DOMAIN_VERSION = "1"
 ASSIGNMENT_ABI = "(address,uint256,uint256)"
 COMMON_ABI = "(address,address,uint256,uint256,uint256,uint256,address)"
+REF_ABI = "(uint256,uint256,uint256,bytes32[])"
 RELEASE_TYPES: dict[str, list[dict[str, str]]] = {
     "Release": [
-        {"name": "jobIds", "type": "bytes32[]"},
+        {"name": "escrows", "type": "uint256[]"},
         {"name": "expires", "type": "uint256"},
     ]
 }
 
-# on-chain job status, as `job_status(job_id)` returns it
+# on-chain status of an escrow, as `status(seq)` and `job_status(terms, ref)` return it
 STATUS_UNKNOWN, STATUS_OPEN, STATUS_DISPUTED, STATUS_SETTLED = 0, 1, 2, 3
 
 
@@ -90,12 +93,42 @@ class Common:
 
 
 @dataclass(frozen=True)
+class EscrowRef:
+    """Where an opened escrow sits: its batch (the sequence number of the batch's first job
+    and the batch's size), its position in the batch, and the Merkle proof of its terms."""
+
+    first: int
+    size: int
+    index: int
+    proof: tuple[bytes, ...]
+
+    @property
+    def seq(self) -> int:
+        """The escrow's sequence number: what receipts and `status(seq)` name."""
+        return self.first + self.index
+
+    def as_abi(self) -> tuple[int, int, int, list[bytes]]:
+        return (self.first, self.size, self.index, list(self.proof))
+
+
+@dataclass(frozen=True)
 class EscrowTerms:
-    """Everything the escrow commits to for one job; the same object is passed on every call."""
+    """Everything the escrow commits to for one job; the same object is passed on every call.
+
+    `ref` says where the escrow sits once opened (EscrowClient.open fills it in); it is not
+    part of the terms and not hashed.
+    """
 
     job_id: bytes  # 32 bytes: the SHA-256 digest of the canonical job spec
     common: Common
     assignments: tuple[Assignment, ...]
+    ref: EscrowRef | None = field(default=None, compare=False)
+
+    def located(self) -> EscrowRef:
+        """The escrow's ref; SettlementError if these terms were never opened."""
+        if self.ref is None:
+            raise SettlementError("unknown job", "terms carry no escrow ref (never opened?)")
+        return self.ref
 
     @property
     def escrowed(self) -> int:
@@ -128,6 +161,70 @@ def terms_hash(terms: EscrowTerms) -> bytes:
             [terms.job_id, common_hash(terms.common), [a.as_abi() for a in terms.assignments]],
         )
     )
+
+
+# ---------------------------------------------------------------- batch Merkle trees
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return bytes(keccak(left + right))
+
+
+def _depth(size: int) -> int:
+    depth = 0
+    while (1 << depth) < size:
+        depth += 1
+    return depth
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """The contract's `_root`: pairs hashed level by level, an odd node out paired with zero."""
+    _require(0 < len(leaves) <= MAX_BATCH, f"a batch holds 1 to {MAX_BATCH} jobs")
+    level = list(leaves)
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(ZERO32)
+        level = [_node(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def merkle_proof(leaves: Sequence[bytes], index: int) -> tuple[bytes, ...]:
+    """The siblings from leaf `index` up to the root (zero where a node had no pair)."""
+    level = list(leaves)
+    proof: list[bytes] = []
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(ZERO32)
+        proof.append(level[index ^ 1])
+        level = [_node(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+        index //= 2
+    return tuple(proof)
+
+
+def batch_commitment(root: bytes, size: int) -> bytes:
+    """What `open` stores for a batch: keccak256(root ‖ uint256(size))."""
+    return bytes(keccak(root + size.to_bytes(32, "big")))
+
+
+def root_from_ref(leaf: bytes, ref: EscrowRef) -> bytes | None:
+    """The root a ref's proof leads to from `leaf`, or None if the ref is malformed."""
+    if not 0 <= ref.index < ref.size <= MAX_BATCH or len(ref.proof) != _depth(ref.size):
+        return None
+    node, index = leaf, ref.index
+    for sibling in ref.proof:
+        node = _node(node, sibling) if index % 2 == 0 else _node(sibling, node)
+        index //= 2
+    return node
+
+
+def locate_batch(batch: Sequence[EscrowTerms], first: int) -> list[EscrowTerms]:
+    """`batch` as `open` numbered it (sorted by job ID, from `first`), each with its ref."""
+    ordered = sorted(batch, key=lambda t: t.job_id)
+    leaves = [terms_hash(t) for t in ordered]
+    return [
+        replace(t, ref=EscrowRef(first, len(ordered), i, merkle_proof(leaves, i)))
+        for i, t in enumerate(ordered)
+    ]
 
 
 def commit_hash(result_hash: bytes, worker: str, salt: bytes) -> bytes:
@@ -178,7 +275,8 @@ def validate_split(
 def group_terms(
     batch: Iterable[EscrowTerms],
 ) -> tuple[list[tuple[Any, ...]], list[tuple[bytes, int, list[tuple[str, int, int]]]]]:
-    """Split a batch into the contract's `(commons, jobs)` arguments (shared terms sent once)."""
+    """Split a batch into the contract's `(commons, jobs)` arguments (shared terms sent once),
+    jobs in the order given."""
     commons: list[Common] = []
     jobs: list[tuple[bytes, int, list[tuple[str, int, int]]]] = []
     for t in batch:
@@ -199,9 +297,10 @@ def job_abi(terms: EscrowTerms) -> tuple[bytes, int, list[tuple[str, int, int]]]
 
 
 def release_typed_data(
-    chain_id: int, contract: str, job_ids: Sequence[bytes], expires: int
+    chain_id: int, contract: str, seqs: Sequence[int], expires: int
 ) -> dict[str, Any]:
-    """The full EIP-712 message a client signs to release `job_ids` on one chain and contract."""
+    """The full EIP-712 message a client signs to release the escrows numbered `seqs` on one
+    chain and contract."""
     return {
         "types": {
             "EIP712Domain": [
@@ -219,40 +318,34 @@ def release_typed_data(
             "chainId": chain_id,
             "verifyingContract": to_checksum_address(contract),
         },
-        "message": {"jobIds": list(job_ids), "expires": expires},
+        "message": {"escrows": list(seqs), "expires": expires},
     }
 
 
-def release_digest(chain_id: int, contract: str, job_ids: Sequence[bytes], expires: int) -> bytes:
-    signable = encode_typed_data(
-        full_message=release_typed_data(chain_id, contract, job_ids, expires)
-    )
+def release_digest(chain_id: int, contract: str, seqs: Sequence[int], expires: int) -> bytes:
+    signable = encode_typed_data(full_message=release_typed_data(chain_id, contract, seqs, expires))
     # EIP-191 version 0x01: keccak256(0x19 0x01 domainSeparator hashStruct(message))
     return bytes(keccak(b"\x19" + signable.version + signable.header + signable.body))
 
 
 def sign_release(
-    private_key: bytes | str, chain_id: int, contract: str, job_ids: Sequence[bytes], expires: int
+    private_key: bytes | str, chain_id: int, contract: str, seqs: Sequence[int], expires: int
 ) -> bytes:
     """The client's 65-byte receipt signature (r ‖ s ‖ v, v in {27, 28})."""
-    signable = encode_typed_data(
-        full_message=release_typed_data(chain_id, contract, job_ids, expires)
-    )
+    signable = encode_typed_data(full_message=release_typed_data(chain_id, contract, seqs, expires))
     signed = Account.sign_message(signable, private_key)
     return bytes(signed.signature)
 
 
 def recover_release_signer(
-    signature: bytes, chain_id: int, contract: str, job_ids: Sequence[bytes], expires: int
+    signature: bytes, chain_id: int, contract: str, seqs: Sequence[int], expires: int
 ) -> str:
     """The address that signed a receipt, with the contract's malleability rules."""
     _require(len(signature) == 65, "malformed signature")
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:64], "big")
     _require(signature[64] in (27, 28) and 0 < s <= HALF_N and r > 0, "malformed signature")
-    signable = encode_typed_data(
-        full_message=release_typed_data(chain_id, contract, job_ids, expires)
-    )
+    signable = encode_typed_data(full_message=release_typed_data(chain_id, contract, seqs, expires))
     try:
         return str(Account.recover_message(signable, signature=signature))
     except Exception as exc:  # eth-keys raises several types for unrecoverable input

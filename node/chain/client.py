@@ -9,10 +9,11 @@ same hash).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -36,13 +37,18 @@ ALREADY_SENT = ("already known", "known transaction", "nonce too low", "already 
 
 @dataclass(frozen=True)
 class TxResult:
-    """A mined transaction: its hash, block and gas, plus the job events it produced."""
+    """A mined transaction: its hash, block and gas, plus the job events it produced.
+
+    After `open`, `opened` holds the batch's terms in the order given, each carrying its
+    escrow ref (sequence number and Merkle proof): every later call about a job needs it.
+    """
 
     tx: str
     block: int
     gas_used: int
     events: tuple[dict[str, Any], ...] = ()
     contract_address: str | None = None
+    opened: tuple[EscrowTerms, ...] = ()
 
 
 def revert_reason(exc: BaseException) -> str | None:
@@ -102,8 +108,17 @@ class EscrowClient:
     def stake_of(self, who: str | None = None) -> int:
         return int(self.contract.functions.stakes(who or self.account.address).call())
 
-    def job_status(self, job_id: bytes) -> int:
-        return int(self.contract.functions.job_status(S.onchain_job_id(job_id)).call())
+    def job_status(self, terms: EscrowTerms) -> int:
+        """STATUS_* of the escrow `terms.ref` points at, or STATUS_UNKNOWN if it does not hold
+        exactly these terms."""
+        if terms.ref is None:
+            return S.STATUS_UNKNOWN
+        fn = self.contract.functions.job_status(*_job_args(terms))
+        return int(fn.call())
+
+    def status(self, seq: int) -> int:
+        """STATUS_* of the escrow numbered `seq`."""
+        return int(self.contract.functions.status(seq).call())
 
     def contract_balance(self) -> int:
         return int(self.w3.eth.get_balance(self.address))
@@ -128,44 +143,56 @@ class EscrowClient:
     # ------------------------------------------------------------ job escrow
 
     def open(self, batch: Sequence[EscrowTerms]) -> TxResult:
+        """Fund every job of `batch` in one transaction; `result.opened` is the batch with
+        each job's escrow ref, in the order given."""
         now = self.chain.now()
         for terms in batch:
             S.validate_terms(terms, now=now)
             if terms.common.client.lower() != self.account.address.lower():
                 raise SettlementError("only the client opens its jobs")
-        commons, jobs = S.group_terms(batch)
-        return self._call("open", commons, jobs)
+        ordered = sorted(batch, key=lambda t: t.job_id)  # the contract wants ascending IDs
+        for a, b in itertools.pairwise(ordered):
+            if a.job_id == b.job_id:
+                raise SettlementError("duplicate job id")
+        commons, jobs = S.group_terms(ordered)
+        result = self._call("open", commons, jobs)
+        opened = [e for e in result.events if e["event"] == "opened"]
+        if not opened:
+            raise SettlementError("open mined without an Opened event", result.tx)
+        located = {t.job_id: t for t in S.locate_batch(ordered, int(opened[0]["first"]))}
+        return replace(result, opened=tuple(located[t.job_id] for t in batch))
 
     def sign_release(self, batch: Sequence[EscrowTerms], expires: int) -> bytes:
         """The client's receipt for `batch`, valid on this chain and contract until `expires`."""
-        ids = [t.job_id for t in batch]
-        return S.sign_release(self.account.key, self.chain.chain_id, self.address, ids, expires)
+        seqs = [t.located().seq for t in batch]
+        return S.sign_release(self.account.key, self.chain.chain_id, self.address, seqs, expires)
 
     def release(self, batch: Sequence[EscrowTerms], expires: int, signature: bytes) -> TxResult:
         """Submit a client's signed receipt (any account may); pays every job of `batch`."""
-        ids = [t.job_id for t in batch]
+        seqs = [t.located().seq for t in batch]
         signer = S.recover_release_signer(
-            signature, self.chain.chain_id, self.address, ids, expires
+            signature, self.chain.chain_id, self.address, seqs, expires
         )
         if any(t.common.client.lower() != signer.lower() for t in batch):
             raise SettlementError("receipt not signed by the client")
         commons, jobs = S.group_terms(batch)
-        return self._call("release", commons, jobs, expires, signature)
+        refs = [t.located().as_abi() for t in batch]
+        return self._call("release", commons, jobs, refs, expires, signature)
 
     def commit(self, terms: EscrowTerms, commitment: bytes) -> TxResult:
-        return self._call("commit", terms.common.as_abi(), S.job_abi(terms), commitment)
+        return self._call("commit", *_job_args(terms), commitment)
 
     def reveal(self, terms: EscrowTerms, result_hash: bytes, salt: bytes) -> TxResult:
-        return self._call("reveal", terms.common.as_abi(), S.job_abi(terms), result_hash, salt)
+        return self._call("reveal", *_job_args(terms), result_hash, salt)
 
     def claim(self, terms: EscrowTerms, result_hash: bytes) -> TxResult:
-        return self._call("claim", terms.common.as_abi(), S.job_abi(terms), result_hash)
+        return self._call("claim", *_job_args(terms), result_hash)
 
     def refund(self, terms: EscrowTerms) -> TxResult:
-        return self._call("refund", terms.common.as_abi(), S.job_abi(terms))
+        return self._call("refund", *_job_args(terms))
 
     def dispute(self, terms: EscrowTerms) -> TxResult:
-        return self._call("dispute", terms.common.as_abi(), S.job_abi(terms))
+        return self._call("dispute", *_job_args(terms))
 
     def resolve(
         self,
@@ -177,8 +204,7 @@ class EscrowClient:
         S.validate_split(terms, worker_pay, slash, verifier_pay)
         return self._call(
             "resolve",
-            terms.common.as_abi(),
-            S.job_abi(terms),
+            *_job_args(terms),
             list(worker_pay),
             list(slash),
             verifier_pay,
@@ -383,6 +409,11 @@ class _Sender:
                     raise
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         raise AssertionError("unreachable")
+
+
+def _job_args(terms: EscrowTerms) -> tuple[Any, ...]:
+    """The `(c, job, ref)` arguments of the single-job calls."""
+    return (terms.common.as_abi(), S.job_abi(terms), terms.located().as_abi())
 
 
 def _transient(exc: Exception) -> bool:

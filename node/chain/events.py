@@ -67,9 +67,13 @@ def job_events(contract: Contract, logs: Iterable[Any]) -> list[dict[str, Any]]:
             continue
         args = dict(entry["args"])
         base = {"event": kind, "tx": entry["tx"], "block": entry["block"]}
-        if "job_ids" in args:
+        if "job_ids" in args:  # a batch event: one job event per job, with its seq
             ids = args.pop("job_ids")
-            events.extend({"job_id": job_id, **base, **args} for job_id in ids)
+            seqs = args.pop("seqs", None) or [args["first"] + i for i in range(len(ids))]
+            events.extend(
+                {"job_id": job_id, "seq": seq, **base, **args}
+                for job_id, seq in zip(ids, seqs, strict=True)
+            )
         else:
             events.append({"job_id": args.pop("job_id"), **base, **args})
     return events

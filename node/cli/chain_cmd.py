@@ -110,10 +110,12 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         assignments=(S.Assignment(worker_acct.address, payout, lock),),
     )
     worker_before = worker.balance()
-    step("open", client.open([terms]))
+    opened = client.open([terms])
+    step("open", opened)
+    (terms,) = opened.opened
     expires = now + 3600
     step("release", worker.release([terms], expires, client.sign_release([terms], expires)))
-    if worker.balance() - worker_before != payout or client.job_status(terms.job_id) != 3:
+    if worker.balance() - worker_before != payout or client.job_status(terms) != S.STATUS_SETTLED:
         raise S.SettlementError("selftest: the release did not pay the worker")
     step("withdraw", worker.withdraw(payout))
     out = {

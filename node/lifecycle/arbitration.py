@@ -86,7 +86,7 @@ class Arbitration:
         info = data["attempts"][str(machine.attempt)]
         terms = terms_from_json(info["terms"])
         for _ in range(3600):
-            if await lc.escrow.status(terms.job_id) == STATUS_SETTLED:
+            if await lc.escrow.status(terms) == STATUS_SETTLED:
                 break
             await trio.sleep(0.5)
         events = await lc.chain_events_for(terms.job_id)

@@ -363,6 +363,7 @@ class ClientRole:
             lc.event(job_id, number, "failed", detail={"reason": f"escrow: {exc.reason}"})
             await trio.sleep(_NO_WORKER_POLL_S)
             return None
+        (terms,) = tx.opened  # now with its escrow ref: every later call names it
         slots = {
             b[2]: WorkerSlot(b[2], b[4], b[3].eth_address, b[0], last_heartbeat=trio.current_time())
             for b in winners

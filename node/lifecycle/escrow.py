@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import trio
 
 from node.chain.client import EscrowClient, TxResult
-from protocol.settlement import Assignment, Common, EscrowTerms, terms_hash
+from protocol.settlement import STATUS_OPEN, Assignment, Common, EscrowRef, EscrowTerms, terms_hash
 
 __all__ = ["AsyncEscrow", "attempt_chain_id", "terms_from_json", "terms_to_json"]
 
@@ -21,9 +21,10 @@ T = TypeVar("T")
 def attempt_chain_id(job_id: bytes, attempt: int) -> bytes:
     """The escrow key of one attempt: the job's digest for attempt 1, then a derived key.
 
-    The contract refuses a job ID twice, and each attempt has its own workers and terms,
-    so a retry opens its own escrow; the failed attempt's escrow is refunded at its
-    deadline. Only one attempt can ever be released: nothing is paid twice.
+    Each attempt has its own workers and terms, so a retry opens its own escrow under its
+    own ID (records, chain events and reconciliation stay per attempt; the contract keeps
+    no index by job ID, so this is the node's rule); the failed attempt's escrow is
+    refunded at its deadline. The client releases only the attempt that verified.
     """
     digest = job_id[2:] if len(job_id) == 34 else job_id
     if attempt == 1:
@@ -32,7 +33,21 @@ def attempt_chain_id(job_id: bytes, attempt: int) -> bytes:
 
 
 def terms_to_json(terms: EscrowTerms) -> dict[str, Any]:
+    """Terms as JSON, with the escrow's ref (sequence number, Merkle proof) once opened."""
     c = terms.common
+    ref = terms.ref
+    located = (
+        {}
+        if ref is None
+        else {
+            "escrow": {
+                "first": ref.first,
+                "size": ref.size,
+                "index": ref.index,
+                "proof": [p.hex() for p in ref.proof],
+            }
+        }
+    )
     return {
         "job_id": terms.job_id.hex(),
         "common": {
@@ -48,13 +63,19 @@ def terms_to_json(terms: EscrowTerms) -> dict[str, Any]:
             {"worker": a.worker, "payout": a.payout, "stake_lock": a.stake_lock}
             for a in terms.assignments
         ],
+        **located,
     }
 
 
 def terms_from_json(obj: Any) -> EscrowTerms:
     common = Common(**obj["common"])
     assignments = tuple(Assignment(**a) for a in obj["assignments"])
-    return EscrowTerms(bytes.fromhex(obj["job_id"]), common, assignments)
+    ref = None
+    if "escrow" in obj:
+        e = obj["escrow"]
+        proof = tuple(bytes.fromhex(p) for p in e["proof"])
+        ref = EscrowRef(int(e["first"]), int(e["size"]), int(e["index"]), proof)
+    return EscrowTerms(bytes.fromhex(obj["job_id"]), common, assignments, ref)
 
 
 class AsyncEscrow:
@@ -77,6 +98,7 @@ class AsyncEscrow:
         return max(latest, int(time.time()))
 
     async def open(self, batch: Sequence[EscrowTerms]) -> TxResult:
+        """Open a batch; `result.opened` holds the terms with their escrow refs."""
         return await self.call(self.client.open, list(batch))
 
     async def release(self, batch: Sequence[EscrowTerms]) -> tuple[TxResult, bytes]:
@@ -89,8 +111,9 @@ class AsyncEscrow:
 
         return await self.call(sign_and_release)
 
-    async def status(self, chain_job_id: bytes) -> int:
-        return await self.call(self.client.job_status, chain_job_id)
+    async def status(self, terms: EscrowTerms) -> int:
+        """STATUS_* of the escrow holding `terms` (STATUS_UNKNOWN if none holds them)."""
+        return await self.call(self.client.job_status, terms)
 
     async def ensure_deposit(self, amount: int) -> None:
         def top_up() -> None:
@@ -115,19 +138,7 @@ class AsyncEscrow:
         return terms_hash(terms)
 
 
-_HASH_MASK = (2**256 - 1) - (2**56 - 1)  # the bits of the terms hash the contract stores
-
-
 async def terms_on_chain(escrow: AsyncEscrow, terms: EscrowTerms) -> bool:
-    """True if an open, undisputed escrow with exactly these terms exists on chain."""
-
-    def check() -> bool:
-        contract = escrow.client.contract
-        slot = int(contract.functions.jobs(terms.job_id).call())
-        if slot == 0 or slot & 2:  # unknown, or disputed
-            return False
-        if escrow.client.job_status(terms.job_id) != 1:  # settled already
-            return False
-        return slot & _HASH_MASK == int.from_bytes(terms_hash(terms), "big") & _HASH_MASK
-
-    return await escrow.call(check)
+    """True if an open, undisputed escrow with exactly these terms exists on chain where
+    `terms.ref` says (the contract checks the Merkle proof against the batch's commitment)."""
+    return terms.ref is not None and await escrow.status(terms) == STATUS_OPEN

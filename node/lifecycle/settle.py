@@ -86,6 +86,7 @@ class OpenBatcher:
         self.batches: list[dict[str, Any]] = []
 
     async def open(self, terms: EscrowTerms) -> TxResult:
+        """Queue one job; return its share of the batch tx (`opened` = its located terms)."""
         pending = _Pending(terms)
         self.queue.append(pending)
         self._wake.set()
@@ -127,10 +128,12 @@ class OpenBatcher:
             for pending in batch:  # find the bad one(s) by opening each alone
                 await self._open([pending])
             return
-        share = TxResult(tx.tx, tx.block, tx.gas_used // len(batch), tx.events)
         self.batches.append({"tx": tx.tx, "jobs": len(batch), "gas": tx.gas_used})
-        for pending in batch:
-            pending.tx = share
+        for pending, located in zip(batch, tx.opened, strict=True):
+            # each job gets its share of the gas and its own escrow ref
+            pending.tx = TxResult(
+                tx.tx, tx.block, tx.gas_used // len(batch), tx.events, opened=(located,)
+            )
             pending.done.set()
 
 
@@ -161,7 +164,7 @@ class RefundKeeper:
             if self.pending:
                 now = await escrow.now()
                 for chain_id, terms in list(self.pending.items()):
-                    status = await escrow.status(chain_id)
+                    status = await escrow.status(terms)
                     if status not in (STATUS_OPEN, STATUS_DISPUTED):
                         self.closed.add(chain_id)  # released, claimed, refunded or resolved
                         del self.pending[chain_id]

@@ -291,10 +291,10 @@ class WorkerRole:
         margin = max(3, (terms.common.commit_deadline - chain_now) // 4)
         wait_s = 0.0 if client_gone else max(0.0, terms.common.commit_deadline - margin - chain_now)
         with trio.move_on_after(wait_s):
-            while await escrow.status(terms.job_id) != STATUS_SETTLED:
+            while await escrow.status(terms) != STATUS_SETTLED:
                 with trio.move_on_after(1.0):
                     await job.released.wait()
-        if await escrow.status(terms.job_id) == STATUS_SETTLED:
+        if await escrow.status(terms) == STATUS_SETTLED:
             lc.record_worker(job, "released")
             return
         # The client has not paid in time: secure a claim on chain.
@@ -305,7 +305,7 @@ class WorkerRole:
             await escrow.call(escrow.client.reveal, terms, result_hash, salt)
             lc.record_worker(job, "revealed_on_chain")
             await self._sleep_until_chain(terms.common.deadline)
-            if await escrow.status(terms.job_id) == STATUS_SETTLED:
+            if await escrow.status(terms) == STATUS_SETTLED:
                 lc.record_worker(job, "released")
                 return
             await escrow.call(escrow.client.claim, terms, result_hash)

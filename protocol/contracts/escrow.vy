@@ -7,11 +7,13 @@
         commit-then-reveal results, by a refund after the deadline, or by the
         arbiter named in the terms after a dispute. spec/settlement.md is the
         normative description; this file implements it.
-@dev    Per job the contract keeps ONE storage slot: a 200-bit commitment to the
-        terms, a 48-bit sequence number and 8 flag bits. Every later call passes
-        the terms again as calldata and the contract recomputes the commitment.
-        "Closed" is one bit per sequence number in a bitmap, so closing a batch of
-        jobs costs about one storage write instead of one per job.
+@dev    Escrows are numbered: `open` gives the jobs of one call consecutive
+        sequence numbers and keeps ONE storage slot for the whole batch, the
+        commitment keccak256(root, size) to a Merkle tree whose leaves are the jobs'
+        terms hashes. Every later call passes a job's terms and its `Ref` (batch,
+        position, Merkle proof) as calldata and the contract recomputes the
+        commitment. "Closed" and "disputed" are one bit per sequence number in two
+        bitmaps, so settling a batch costs about one storage write, not one per job.
         Money moves by pull payments: payouts credit internal balances and only
         `withdraw` sends ether, so no call here hands control to a payee.
 """
@@ -19,19 +21,12 @@
 MAX_WORKERS: constant(uint256) = 5
 MAX_BATCH: constant(uint256) = 64
 MAX_GROUPS: constant(uint256) = 8
-
-FLAG_OPEN: constant(uint256) = 1
-FLAG_DISPUTED: constant(uint256) = 2
-FLAG_BITS: constant(uint256) = 255
-SEQ_SHIFT: constant(uint256) = 8
-SEQ_BITS: constant(uint256) = 2**48 - 1
-# the top 200 bits of keccak256(terms) are kept; the low 56 hold seq and flags
-HASH_MASK: constant(uint256) = max_value(uint256) - (2**56 - 1)
+MAX_DEPTH: constant(uint256) = 6  # 2**MAX_DEPTH == MAX_BATCH
 
 EIP712_DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
-RELEASE_TYPEHASH: constant(bytes32) = keccak256("Release(bytes32[] jobIds,uint256 expires)")
+RELEASE_TYPEHASH: constant(bytes32) = keccak256("Release(uint256[] escrows,uint256 expires)")
 DOMAIN_NAME_HASH: constant(bytes32) = keccak256("c0-escrow")
 DOMAIN_VERSION_HASH: constant(bytes32) = keccak256("1")
 # secp256k1n / 2: signatures with a larger s are malleable copies (EIP-2)
@@ -61,6 +56,15 @@ struct Job:
     assignments: DynArray[Assignment, MAX_WORKERS]
 
 
+# where a job's escrow sits: its batch (the sequence number of the batch's first job and
+# the number of jobs in it), its position there, and the Merkle proof of its terms hash
+struct Ref:
+    first: uint256
+    size: uint256
+    index: uint256
+    proof: DynArray[bytes32, MAX_DEPTH]
+
+
 event Deposit:
     account: indexed(address)
     amount: uint256
@@ -83,43 +87,52 @@ event StakeApproval:
     amount: uint256
 
 # batched happy path: one event per call, carrying every job ID (cf. ERC-1155 TransferBatch)
+# job i of an Opened event has the sequence number first + i
 event Opened:
     client: indexed(address)
+    first: uint256
     job_ids: DynArray[bytes32, MAX_BATCH]
     escrowed: uint256
 
 event Released:
     client: indexed(address)
+    seqs: DynArray[uint256, MAX_BATCH]
     job_ids: DynArray[bytes32, MAX_BATCH]
     paid: uint256
 
 event Committed:
     job_id: indexed(bytes32)
     worker: indexed(address)
+    seq: uint256
     commitment: bytes32
 
 event Revealed:
     job_id: indexed(bytes32)
     worker: indexed(address)
+    seq: uint256
     result_hash: bytes32
 
 event Claimed:
     job_id: indexed(bytes32)
+    seq: uint256
     result_hash: bytes32
     paid: uint256
 
 event Refunded:
     job_id: indexed(bytes32)
     client: indexed(address)
+    seq: uint256
     amount: uint256
 
 event Disputed:
     job_id: indexed(bytes32)
     by: indexed(address)
+    seq: uint256
 
 event Resolved:
     job_id: indexed(bytes32)
     arbiter: indexed(address)
+    seq: uint256
     to_workers: uint256
     to_verifier: uint256
     to_client: uint256
@@ -127,6 +140,7 @@ event Resolved:
 event Slashed:
     job_id: indexed(bytes32)
     worker: indexed(address)
+    seq: uint256
     amount: uint256
 
 
@@ -137,13 +151,14 @@ CACHED_DOMAIN_SEPARATOR: immutable(bytes32)
 balances: public(HashMap[address, uint256])
 stakes: public(HashMap[address, uint256])
 stake_allowance: public(HashMap[address, HashMap[address, uint256]])  # worker -> client
-jobs: public(HashMap[bytes32, uint256])
+batches: public(HashMap[uint256, bytes32])  # first seq -> keccak256(root, size)
 closed_words: HashMap[uint256, uint256]
+disputed_words: HashMap[uint256, uint256]
 next_seq: public(uint256)
-commitments: public(HashMap[bytes32, HashMap[address, bytes32]])
-reveals: public(HashMap[bytes32, HashMap[address, bytes32]])
-votes: public(HashMap[bytes32, HashMap[bytes32, uint256]])
-top_votes: public(HashMap[bytes32, uint256])
+commitments: public(HashMap[uint256, HashMap[address, bytes32]])  # seq -> worker ->
+reveals: public(HashMap[uint256, HashMap[address, bytes32]])
+votes: public(HashMap[uint256, HashMap[bytes32, uint256]])
+top_votes: public(HashMap[uint256, uint256])
 
 
 @deploy
@@ -221,20 +236,56 @@ def _is_closed(seq: uint256) -> bool:
 
 
 @internal
+@view
+def _is_disputed(seq: uint256) -> bool:
+    return (self.disputed_words[seq >> 8] >> (seq & 255)) & 1 == 1
+
+
+@internal
 def _close(seq: uint256):
     self.closed_words[seq >> 8] |= 1 << (seq & 255)
 
 
 @internal
+@pure
+def _depth(size: uint256) -> uint256:
+    """Levels above the leaves of a tree of `size` leaves: ceil(log2(size))."""
+    depth: uint256 = 0
+    for i: uint256 in range(MAX_DEPTH):
+        if (1 << depth) >= size:
+            break
+        depth += 1
+    return depth
+
+
+@internal
 @view
-def _load(c: Common, job: Job) -> uint256:
-    """Check the terms against the stored commitment; return the slot (job must be live)."""
-    slot: uint256 = self.jobs[job.job_id]
-    assert slot != 0, "unknown job"
-    h: uint256 = convert(self._terms_hash(job.job_id, self._common_hash(c), job.assignments), uint256)
-    assert slot & HASH_MASK == h & HASH_MASK, "terms do not match the escrow"
-    assert not self._is_closed((slot >> SEQ_SHIFT) & SEQ_BITS), "job already settled"
-    return slot
+def _located(leaf: bytes32, ref: Ref) -> bool:
+    """True if `leaf` sits at `ref.index` of the batch `ref.first` as committed by `open`."""
+    if ref.index >= ref.size or ref.size > MAX_BATCH or len(ref.proof) != self._depth(ref.size):
+        return False
+    node: bytes32 = leaf
+    index: uint256 = ref.index
+    for sibling: bytes32 in ref.proof:
+        if index & 1 == 0:
+            node = keccak256(concat(node, sibling))
+        else:
+            node = keccak256(concat(sibling, node))
+        index >>= 1
+    committed: bytes32 = self.batches[ref.first]
+    return committed != empty(bytes32) and committed == keccak256(concat(node, convert(ref.size, bytes32)))
+
+
+@internal
+@view
+def _load(c: Common, job: Job, ref: Ref) -> uint256:
+    """Check the terms against the batch commitment; return the job's seq (job must be live)."""
+    assert self.batches[ref.first] != empty(bytes32), "unknown job"
+    leaf: bytes32 = self._terms_hash(job.job_id, self._common_hash(c), job.assignments)
+    assert self._located(leaf, ref), "terms do not match the escrow"
+    seq: uint256 = ref.first + ref.index
+    assert not self._is_closed(seq), "job already settled"
+    return seq
 
 
 @internal
@@ -269,17 +320,38 @@ def _check_common(c: Common):
     assert c.deadline > c.commit_deadline, "deadline must follow the commit deadline"
 
 
+@internal
+@pure
+def _root(leaves: DynArray[bytes32, MAX_BATCH]) -> bytes32:
+    """Merkle root: pairs hashed level by level, an odd node out paired with zero."""
+    level: DynArray[bytes32, MAX_BATCH] = leaves
+    n: uint256 = len(leaves)
+    for d: uint256 in range(MAX_DEPTH):
+        if n == 1:
+            break
+        half: uint256 = (n + 1) // 2
+        for i: uint256 in range(half, bound=MAX_BATCH // 2):
+            right: bytes32 = empty(bytes32)
+            if 2 * i + 1 < n:
+                right = level[2 * i + 1]
+            level[i] = keccak256(concat(level[2 * i], right))
+        n = half
+    return level[0]
+
+
 @external
 def open(commons: DynArray[Common, MAX_GROUPS], jobs: DynArray[Job, MAX_BATCH]):
-    """Open escrows for `jobs`; the caller is the client of every group."""
+    """Open escrows for `jobs` (job IDs strictly ascending); the caller is the client of every group."""
     assert len(jobs) > 0, "no jobs"
     common_hashes: DynArray[bytes32, MAX_GROUPS] = []
     for c: Common in commons:
         self._check_common(c)
         common_hashes.append(self._common_hash(c))
-    seq: uint256 = self.next_seq
+    first: uint256 = self.next_seq
     total: uint256 = 0
     ids: DynArray[bytes32, MAX_BATCH] = []
+    leaves: DynArray[bytes32, MAX_BATCH] = []
+    previous: uint256 = 0
     for job: Job in jobs:
         assert job.group < len(commons), "bad group index"
         c: Common = commons[job.group]
@@ -287,7 +359,10 @@ def open(commons: DynArray[Common, MAX_GROUPS], jobs: DynArray[Job, MAX_BATCH]):
         assert n > 0, "no workers"
         assert c.quorum <= n, "quorum above the number of workers"
         assert job.job_id != empty(bytes32), "zero job id"
-        assert self.jobs[job.job_id] == 0, "job id already used"
+        id_value: uint256 = convert(job.job_id, uint256)
+        assert id_value != previous, "duplicate job id"
+        assert id_value > previous, "job ids must ascend"
+        previous = id_value
         for i: uint256 in range(n, bound=MAX_WORKERS):
             a: Assignment = job.assignments[i]
             assert a.worker != empty(address), "zero address"
@@ -300,14 +375,14 @@ def open(commons: DynArray[Common, MAX_GROUPS], jobs: DynArray[Job, MAX_BATCH]):
                 self.stake_allowance[a.worker][msg.sender] -= a.stake_lock
                 self.stakes[a.worker] -= a.stake_lock
         total += c.verifier_fee
-        h: uint256 = convert(self._terms_hash(job.job_id, common_hashes[job.group], job.assignments), uint256)
-        self.jobs[job.job_id] = (h & HASH_MASK) | (seq << SEQ_SHIFT) | FLAG_OPEN
-        seq += 1
+        leaves.append(self._terms_hash(job.job_id, common_hashes[job.group], job.assignments))
         ids.append(job.job_id)
     assert self.balances[msg.sender] >= total, "insufficient balance"
     self.balances[msg.sender] -= total
-    self.next_seq = seq
-    log Opened(client=msg.sender, job_ids=ids, escrowed=total)
+    size: uint256 = len(jobs)
+    self.batches[first] = keccak256(concat(self._root(leaves), convert(size, bytes32)))
+    self.next_seq = first + size
+    log Opened(client=msg.sender, first=first, job_ids=ids, escrowed=total)
 
 
 # ---------------------------------------------------------------- release
@@ -323,13 +398,13 @@ def _domain_separator() -> bytes32:
 
 @internal
 @view
-def _release_digest(job_ids: DynArray[bytes32, MAX_BATCH], expires: uint256) -> bytes32:
+def _release_digest(seqs: DynArray[uint256, MAX_BATCH], expires: uint256) -> bytes32:
     domain: bytes32 = CACHED_DOMAIN_SEPARATOR
     if chain.id != CACHED_CHAIN_ID:
         domain = self._domain_separator()
-    # EIP-712 encodes bytes32[] as keccak256 of the elements laid end to end
-    packed: Bytes[2112] = abi_encode(job_ids)
-    ids_hash: bytes32 = keccak256(slice(packed, 64, 32 * len(job_ids)))
+    # EIP-712 encodes uint256[] as keccak256 of the elements laid end to end
+    packed: Bytes[2112] = abi_encode(seqs)
+    ids_hash: bytes32 = keccak256(slice(packed, 64, 32 * len(seqs)))
     struct_hash: bytes32 = keccak256(abi_encode(RELEASE_TYPEHASH, ids_hash, expires))
     return keccak256(concat(b"\x19\x01", domain, struct_hash))
 
@@ -344,8 +419,8 @@ def domain_separator() -> bytes32:
 
 @external
 @view
-def release_digest(job_ids: DynArray[bytes32, MAX_BATCH], expires: uint256) -> bytes32:
-    return self._release_digest(job_ids, expires)
+def release_digest(seqs: DynArray[uint256, MAX_BATCH], expires: uint256) -> bytes32:
+    return self._release_digest(seqs, expires)
 
 
 @internal
@@ -366,31 +441,38 @@ def _recover(digest: bytes32, signature: Bytes[65]) -> address:
 def release(
     commons: DynArray[Common, MAX_GROUPS],
     jobs: DynArray[Job, MAX_BATCH],
+    refs: DynArray[Ref, MAX_BATCH],
     expires: uint256,
     signature: Bytes[65],
 ):
-    """Pay every job in `jobs` as its terms say; anyone may submit the client's receipt."""
+    """Pay every job in `jobs` as its terms say; anyone may submit the client's receipt,
+    which names the jobs' sequence numbers (so it can never pay another escrow)."""
     assert len(jobs) > 0, "no jobs"
+    assert len(refs) == len(jobs), "one ref per job"
     assert block.timestamp <= expires, "receipt expired"
-    ids: DynArray[bytes32, MAX_BATCH] = []
-    for job: Job in jobs:
-        ids.append(job.job_id)
-    client: address = self._recover(self._release_digest(ids, expires), signature)
     common_hashes: DynArray[bytes32, MAX_GROUPS] = []
     for c: Common in commons:
-        assert c.client == client, "receipt not signed by the client"
         common_hashes.append(self._common_hash(c))
-    paid: uint256 = 0
-    for job: Job in jobs:
+    seqs: DynArray[uint256, MAX_BATCH] = []
+    ids: DynArray[bytes32, MAX_BATCH] = []
+    for i: uint256 in range(len(jobs), bound=MAX_BATCH):
+        job: Job = jobs[i]
         assert job.group < len(commons), "bad group index"
-        slot: uint256 = self.jobs[job.job_id]
-        assert slot != 0, "unknown job"
-        h: uint256 = convert(self._terms_hash(job.job_id, common_hashes[job.group], job.assignments), uint256)
-        assert slot & HASH_MASK == h & HASH_MASK, "terms do not match the escrow"
-        assert slot & FLAG_DISPUTED == 0, "job is disputed"
-        seq: uint256 = (slot >> SEQ_SHIFT) & SEQ_BITS
+        ref: Ref = refs[i]
+        assert self.batches[ref.first] != empty(bytes32), "unknown job"
+        leaf: bytes32 = self._terms_hash(job.job_id, common_hashes[job.group], job.assignments)
+        assert self._located(leaf, ref), "terms do not match the escrow"
+        seq: uint256 = ref.first + ref.index
+        assert not self._is_disputed(seq), "job is disputed"
         assert not self._is_closed(seq), "job already settled"
         self._close(seq)
+        seqs.append(seq)
+        ids.append(job.job_id)
+    client: address = self._recover(self._release_digest(seqs, expires), signature)
+    for c: Common in commons:
+        assert c.client == client, "receipt not signed by the client"
+    paid: uint256 = 0
+    for job: Job in jobs:
         for a: Assignment in job.assignments:
             self.balances[a.worker] += a.payout
             if a.stake_lock > 0:
@@ -400,114 +482,115 @@ def release(
         if c.verifier_fee > 0:
             self.balances[c.verifier] += c.verifier_fee
             paid += c.verifier_fee
-    log Released(client=client, job_ids=ids, paid=paid)
+    log Released(client=client, seqs=seqs, job_ids=ids, paid=paid)
 
 
 # ---------------------------------------------------------------- claim
 
 
 @external
-def commit(c: Common, job: Job, commitment: bytes32):
+def commit(c: Common, job: Job, ref: Ref, commitment: bytes32):
     """An assigned worker commits keccak256(abi_encode(result_hash, worker, salt))."""
-    slot: uint256 = self._load(c, job)
-    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    seq: uint256 = self._load(c, job, ref)
+    assert not self._is_disputed(seq), "job is disputed"
     assert block.timestamp < c.commit_deadline, "commit deadline passed"
     self._worker_index(job.assignments, msg.sender)
     assert commitment != empty(bytes32), "zero commitment"
-    assert self.commitments[job.job_id][msg.sender] == empty(bytes32), "already committed"
-    self.commitments[job.job_id][msg.sender] = commitment
-    log Committed(job_id=job.job_id, worker=msg.sender, commitment=commitment)
+    assert self.commitments[seq][msg.sender] == empty(bytes32), "already committed"
+    self.commitments[seq][msg.sender] = commitment
+    log Committed(job_id=job.job_id, worker=msg.sender, seq=seq, commitment=commitment)
 
 
 @external
-def reveal(c: Common, job: Job, result_hash: bytes32, salt: bytes32):
-    slot: uint256 = self._load(c, job)
-    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+def reveal(c: Common, job: Job, ref: Ref, result_hash: bytes32, salt: bytes32):
+    seq: uint256 = self._load(c, job, ref)
+    assert not self._is_disputed(seq), "job is disputed"
     assert block.timestamp >= c.commit_deadline, "reveal before the commit deadline"
     assert block.timestamp < c.deadline, "reveal deadline passed"
     self._worker_index(job.assignments, msg.sender)
-    commitment: bytes32 = self.commitments[job.job_id][msg.sender]
+    commitment: bytes32 = self.commitments[seq][msg.sender]
     assert commitment != empty(bytes32), "no commitment"
-    assert self.reveals[job.job_id][msg.sender] == empty(bytes32), "already revealed"
+    assert self.reveals[seq][msg.sender] == empty(bytes32), "already revealed"
     assert result_hash != empty(bytes32), "zero result hash"
     assert keccak256(abi_encode(result_hash, msg.sender, salt)) == commitment, "reveal does not match commitment"
-    self.reveals[job.job_id][msg.sender] = result_hash
-    count: uint256 = self.votes[job.job_id][result_hash] + 1
-    self.votes[job.job_id][result_hash] = count
-    if count > self.top_votes[job.job_id]:
-        self.top_votes[job.job_id] = count
-    log Revealed(job_id=job.job_id, worker=msg.sender, result_hash=result_hash)
+    self.reveals[seq][msg.sender] = result_hash
+    count: uint256 = self.votes[seq][result_hash] + 1
+    self.votes[seq][result_hash] = count
+    if count > self.top_votes[seq]:
+        self.top_votes[seq] = count
+    log Revealed(job_id=job.job_id, worker=msg.sender, seq=seq, result_hash=result_hash)
 
 
 @external
-def claim(c: Common, job: Job, result_hash: bytes32):
+def claim(c: Common, job: Job, ref: Ref, result_hash: bytes32):
     """After the deadline: pay the workers whose reveals reached quorum, slash the rest."""
-    slot: uint256 = self._load(c, job)
-    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    seq: uint256 = self._load(c, job, ref)
+    assert not self._is_disputed(seq), "job is disputed"
     assert block.timestamp >= c.deadline, "claim before the deadline"
     assert result_hash != empty(bytes32), "zero result hash"
-    assert self.votes[job.job_id][result_hash] >= c.quorum, "no quorum for this result"
-    self._close((slot >> SEQ_SHIFT) & SEQ_BITS)
+    assert self.votes[seq][result_hash] >= c.quorum, "no quorum for this result"
+    self._close(seq)
     to_client: uint256 = c.verifier_fee  # no verifier signed off on-chain
     paid: uint256 = 0
     for a: Assignment in job.assignments:
-        if self.reveals[job.job_id][a.worker] == result_hash:
+        if self.reveals[seq][a.worker] == result_hash:
             self.balances[a.worker] += a.payout
             self.stakes[a.worker] += a.stake_lock
             paid += a.payout
         else:
             to_client += a.payout + a.stake_lock
             if a.stake_lock > 0:
-                log Slashed(job_id=job.job_id, worker=a.worker, amount=a.stake_lock)
+                log Slashed(job_id=job.job_id, worker=a.worker, seq=seq, amount=a.stake_lock)
     self.balances[c.client] += to_client
-    log Claimed(job_id=job.job_id, result_hash=result_hash, paid=paid)
+    log Claimed(job_id=job.job_id, seq=seq, result_hash=result_hash, paid=paid)
 
 
 # ---------------------------------------------------------------- refund
 
 
 @external
-def refund(c: Common, job: Job):
+def refund(c: Common, job: Job, ref: Ref):
     """After the deadline, with nothing released or claimable: money back to the client."""
-    slot: uint256 = self._load(c, job)
-    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    seq: uint256 = self._load(c, job, ref)
+    assert not self._is_disputed(seq), "job is disputed"
     assert block.timestamp >= c.deadline, "refund before the deadline"
-    assert self.top_votes[job.job_id] < c.quorum, "a result reached quorum; claim it"
-    self._close((slot >> SEQ_SHIFT) & SEQ_BITS)
+    assert self.top_votes[seq] < c.quorum, "a result reached quorum; claim it"
+    self._close(seq)
     for a: Assignment in job.assignments:
         self.stakes[a.worker] += a.stake_lock
     amount: uint256 = self._escrowed(c, job.assignments)
     self.balances[c.client] += amount
-    log Refunded(job_id=job.job_id, client=c.client, amount=amount)
+    log Refunded(job_id=job.job_id, client=c.client, seq=seq, amount=amount)
 
 
 # ---------------------------------------------------------------- dispute
 
 
 @external
-def dispute(c: Common, job: Job):
+def dispute(c: Common, job: Job, ref: Ref):
     """Freeze a job until its arbiter resolves it; the client or an assigned worker, before the deadline."""
-    slot: uint256 = self._load(c, job)
-    assert slot & FLAG_DISPUTED == 0, "job is disputed"
+    seq: uint256 = self._load(c, job, ref)
+    assert not self._is_disputed(seq), "job is disputed"
     assert block.timestamp < c.deadline, "dispute after the deadline"
     if msg.sender != c.client:
         self._worker_index(job.assignments, msg.sender)
-    self.jobs[job.job_id] = slot | FLAG_DISPUTED
-    log Disputed(job_id=job.job_id, by=msg.sender)
+    self.disputed_words[seq >> 8] |= 1 << (seq & 255)
+    log Disputed(job_id=job.job_id, by=msg.sender, seq=seq)
 
 
 @external
 def resolve(
     c: Common,
     job: Job,
+    ref: Ref,
     worker_pay: DynArray[uint256, MAX_WORKERS],
     slash: DynArray[uint256, MAX_WORKERS],
     verifier_pay: uint256,
 ):
     """The arbiter splits a disputed escrow; whatever it does not give away returns to the client."""
-    slot: uint256 = self._load(c, job)
+    seq: uint256 = self._load(c, job, ref)
     assert msg.sender == c.arbiter, "only the arbiter resolves"
-    assert slot & FLAG_DISPUTED != 0, "job is not disputed"
+    assert self._is_disputed(seq), "job is not disputed"
     n: uint256 = len(job.assignments)
     assert len(worker_pay) == n and len(slash) == n, "one amount per worker"
     assert verifier_pay == 0 or c.verifier != empty(address), "zero address"
@@ -519,13 +602,13 @@ def resolve(
         assert slash[i] <= job.assignments[i].stake_lock, "slash above the stake lock"
         slashed += slash[i]
     assert to_workers + verifier_pay <= escrow, "split exceeds the escrow"
-    self._close((slot >> SEQ_SHIFT) & SEQ_BITS)
+    self._close(seq)
     for i: uint256 in range(n, bound=MAX_WORKERS):
         a: Assignment = job.assignments[i]
         self.balances[a.worker] += worker_pay[i]
         self.stakes[a.worker] += a.stake_lock - slash[i]
         if slash[i] > 0:
-            log Slashed(job_id=job.job_id, worker=a.worker, amount=slash[i])
+            log Slashed(job_id=job.job_id, worker=a.worker, seq=seq, amount=slash[i])
     if verifier_pay > 0:
         self.balances[c.verifier] += verifier_pay
     to_client: uint256 = escrow - to_workers - verifier_pay + slashed
@@ -533,21 +616,39 @@ def resolve(
     log Resolved(
         job_id=job.job_id,
         arbiter=msg.sender,
+        seq=seq,
         to_workers=to_workers,
         to_verifier=verifier_pay,
         to_client=to_client,
     )
 
 
+# ---------------------------------------------------------------- views
+
+
 @external
 @view
-def job_status(job_id: bytes32) -> uint256:
-    """0 unknown, 1 open, 2 disputed, 3 settled."""
-    slot: uint256 = self.jobs[job_id]
-    if slot == 0:
+def status(seq: uint256) -> uint256:
+    """0 never opened, 1 open, 2 disputed, 3 settled (released, claimed, refunded or resolved)."""
+    if seq >= self.next_seq:
         return 0
-    if self._is_closed((slot >> SEQ_SHIFT) & SEQ_BITS):
+    if self._is_closed(seq):
         return 3
-    if slot & FLAG_DISPUTED != 0:
+    if self._is_disputed(seq):
+        return 2
+    return 1
+
+
+@external
+@view
+def job_status(c: Common, job: Job, ref: Ref) -> uint256:
+    """The status of the escrow at `ref` if it holds exactly these terms; 0 otherwise."""
+    leaf: bytes32 = self._terms_hash(job.job_id, self._common_hash(c), job.assignments)
+    if not self._located(leaf, ref):
+        return 0
+    seq: uint256 = ref.first + ref.index
+    if self._is_closed(seq):
+        return 3
+    if self._is_disputed(seq):
         return 2
     return 1

@@ -43,8 +43,17 @@ def unchanged(parties: Parties) -> Iterator[Parties]:
 
 def opened(p: Parties, **kw: Any) -> S.EscrowTerms:
     terms = p.terms(jid(), **kw)
-    p.client.open([terms])
-    return terms
+    (located,) = p.client.open([terms]).opened
+    return located
+
+
+def release_args(batch: list[S.EscrowTerms], expires: int, signature: bytes) -> tuple[Any, ...]:
+    commons, jobs = S.group_terms(batch)
+    return (commons, jobs, [t.located().as_abi() for t in batch], expires, signature)
+
+
+def job_args(terms: S.EscrowTerms) -> tuple[Any, ...]:
+    return (terms.common.as_abi(), S.job_abi(terms), terms.located().as_abi())
 
 
 def test_malformed_receipt(parties: Parties) -> None:
@@ -52,19 +61,18 @@ def test_malformed_receipt(parties: Parties) -> None:
     terms = opened(p)
     expires = p.chain.now() + 600
     good = p.client.sign_release([terms], expires)
-    commons, jobs = S.group_terms([terms])
     for bad in (
         good[:64],
         good[:64] + bytes([29]),
         good[:32] + (S.HALF_N + 1).to_bytes(32, "big") + good[64:],
     ):
         reason = contract_reverts(
-            p, p.outsider.account.address, "release", commons, jobs, expires, bad
+            p, p.outsider.account.address, "release", *release_args([terms], expires, bad)
         )
         assert reason == "malformed signature"
         with pytest.raises(SettlementError, match="malformed signature"):
             p.outsider.release([terms], expires, bad)
-    assert p.client.job_status(terms.job_id) == S.STATUS_OPEN
+    assert p.client.job_status(terms) == S.STATUS_OPEN
 
 
 def test_wrong_signer_receipt(parties: Parties) -> None:
@@ -72,16 +80,15 @@ def test_wrong_signer_receipt(parties: Parties) -> None:
     terms = opened(p)
     expires = p.chain.now() + 600
     forged = p.workers[0].sign_release([terms], expires)  # a worker signs "the client pays me"
-    commons, jobs = S.group_terms([terms])
     reason = contract_reverts(
-        p, p.workers[0].account.address, "release", commons, jobs, expires, forged
+        p, p.workers[0].account.address, "release", *release_args([terms], expires, forged)
     )
     assert reason == "receipt not signed by the client"
     before = p.workers[0].balance()
     with pytest.raises(SettlementError, match="receipt not signed by the client"):
         p.workers[0].release([terms], expires, forged)
     assert p.workers[0].balance() == before
-    assert p.client.job_status(terms.job_id) == S.STATUS_OPEN
+    assert p.client.job_status(terms) == S.STATUS_OPEN
 
 
 def test_receipt_for_other_jobs_does_not_release_these(parties: Parties) -> None:
@@ -89,24 +96,24 @@ def test_receipt_for_other_jobs_does_not_release_these(parties: Parties) -> None
     a, b = opened(p), opened(p)
     expires = p.chain.now() + 600
     sig_a = p.client.sign_release([a], expires)
-    commons, jobs = S.group_terms([b])
     # the signature recovers to some unrelated address for b's digest
     reason = contract_reverts(
-        p, p.outsider.account.address, "release", commons, jobs, expires, sig_a
+        p, p.outsider.account.address, "release", *release_args([b], expires, sig_a)
     )
     assert reason in ("receipt not signed by the client", "bad signature")
+    assert p.client.job_status(b) == S.STATUS_OPEN
 
 
 def test_expired_receipt(unchanged: Parties) -> None:
     p = unchanged
-    terms = p.terms(jid())
-    p.client.open([terms])
+    terms = opened(p)
     expires = p.chain.now() + 10
     sig = p.client.sign_release([terms], expires)
     p.chain.advance_time(11)
-    commons, jobs = S.group_terms([terms])
     assert (
-        contract_reverts(p, p.outsider.account.address, "release", commons, jobs, expires, sig)
+        contract_reverts(
+            p, p.outsider.account.address, "release", *release_args([terms], expires, sig)
+        )
         == "receipt expired"
     )
     with pytest.raises(SettlementError, match="receipt expired"):
@@ -118,11 +125,10 @@ def test_expired_receipt(unchanged: Parties) -> None:
 def test_payouts_above_the_escrow(unchanged: Parties) -> None:
     p = unchanged
     # the arbiter may not hand out more than the job escrowed
-    terms = p.terms(jid(), workers=2)
-    p.client.open([terms])
+    terms = opened(p, workers=2)
     p.client.dispute(terms)
     too_much = [terms.escrowed, 1]
-    args = (terms.common.as_abi(), S.job_abi(terms), too_much, [0, 0], 0)
+    args = (*job_args(terms), too_much, [0, 0], 0)
     assert (
         contract_reverts(p, p.arbiter.account.address, "resolve", *args)
         == "split exceeds the escrow"
@@ -130,8 +136,7 @@ def test_payouts_above_the_escrow(unchanged: Parties) -> None:
     with pytest.raises(SettlementError, match="split exceeds the escrow"):
         p.arbiter.resolve(terms, too_much, [0, 0])
     slash_too_much = (
-        terms.common.as_abi(),
-        S.job_abi(terms),
+        *job_args(terms),
         [0, 0],
         [terms.assignments[0].stake_lock + 1, 0],
         0,
@@ -180,27 +185,36 @@ def test_zero_addresses(unchanged: Parties) -> None:
 
 def test_duplicate_job_ids(parties: Parties) -> None:
     p = parties
-    first = p.terms(jid())
-    p.client.open([first])
-    held = p.held()
-    balance = p.client.balance()
-    again = p.terms(first.job_id, payout=1)  # same ID, other terms
-    commons, jobs = S.group_terms([again])
-    assert (
-        contract_reverts(p, p.client.account.address, "open", commons, jobs)
-        == "job id already used"
-    )
-    with pytest.raises(SettlementError, match="job id already used"):
-        p.client.open([again])
+    held, balance = p.held(), p.client.balance()
     twice = p.terms(jid())
-    with pytest.raises(SettlementError, match="job id already used"):
+    commons, jobs = S.group_terms([twice, twice])
+    assert contract_reverts(p, p.client.account.address, "open", commons, jobs) == (
+        "duplicate job id"
+    )
+    with pytest.raises(SettlementError, match="duplicate job id"):
         p.client.open([twice, twice])
+    # the contract wants a batch in ascending job ID order (EscrowClient sorts it)
+    low, high = sorted([p.terms(jid()), p.terms(jid())], key=lambda t: t.job_id)
+    commons, jobs = S.group_terms([high, low])
+    assert contract_reverts(p, p.client.account.address, "open", commons, jobs) == (
+        "job ids must ascend"
+    )
     assert (p.held(), p.client.balance()) == (held, balance)
-    # settled IDs stay used: a settled job can never be opened (and paid) again
+    # An ID opened again in another batch is another escrow with its own sequence number:
+    # the client's receipt for the first can never release the second, and a settled
+    # escrow can never be paid again.
+    first = opened(p)
+    (again,) = p.client.open([p.terms(first.job_id, payout=1)]).opened
+    assert again.located().seq != first.located().seq
     expires = p.chain.now() + 600
-    p.client.release([first], expires, p.client.sign_release([first], expires))
-    with pytest.raises(SettlementError, match="job id already used"):
-        p.client.open([first])
+    receipt = p.client.sign_release([first], expires)
+    assert contract_reverts(
+        p, p.outsider.account.address, "release", *release_args([again], expires, receipt)
+    ) in ("receipt not signed by the client", "bad signature")
+    p.outsider.release([first], expires, receipt)
+    with pytest.raises(SettlementError, match="job already settled"):
+        p.outsider.release([first], expires, receipt)
+    assert p.client.job_status(again) == S.STATUS_OPEN
 
 
 def test_reveal_that_does_not_match_the_commit(parties: Parties) -> None:
@@ -214,7 +228,7 @@ def test_reveal_that_does_not_match_the_commit(parties: Parties) -> None:
     copier.commit(terms, commitment)  # copies the first worker's commitment off the chain
     p.chain.advance_time(601)
     other = hashlib.sha256(b"other").digest()
-    args = (terms.common.as_abi(), S.job_abi(terms), other, salt)
+    args = (*job_args(terms), other, salt)
     assert (
         contract_reverts(p, w.account.address, "reveal", *args)
         == "reveal does not match commitment"
@@ -226,14 +240,18 @@ def test_reveal_that_does_not_match_the_commit(parties: Parties) -> None:
     # the copier sees (result, salt) in the reveal and replays it: the hash binds the worker
     with pytest.raises(SettlementError, match="reveal does not match commitment"):
         copier.reveal(terms, result, salt)
-    assert p.client.contract.functions.reveals(terms.job_id, w.account.address).call() == result
+    seq = terms.located().seq
+    assert p.client.contract.functions.reveals(seq, w.account.address).call() == result
 
 
 def test_terms_that_differ_from_the_escrow(parties: Parties) -> None:
     p = parties
     terms = opened(p)
     richer = S.EscrowTerms(
-        terms.job_id, terms.common, (S.Assignment(terms.assignments[0].worker, ETH, 0),)
+        terms.job_id,
+        terms.common,
+        (S.Assignment(terms.assignments[0].worker, ETH, 0),),
+        ref=terms.ref,
     )
     expires = p.chain.now() + 600
     with pytest.raises(SettlementError, match="terms do not match the escrow"):

@@ -8,6 +8,7 @@ only by their arbiter; receipts for another chain or contract never release anyt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,13 @@ from node.chain.client import revert_reason
 from protocol import settlement as S
 
 CHAIN: Chain | None = None
+
+
+def args_of(terms: S.EscrowTerms) -> tuple[Any, ...]:
+    """The `(c, job, ref)` arguments of the contract's single-job calls."""
+    return (terms.common.as_abi(), S.job_abi(terms), terms.located().as_abi())
+
+
 ROLES = ("client_a", "client_b", "w1", "w2", "w3", "arbiter", "verifier", "outsider")
 WORKERS = ("w1", "w2", "w3")
 CLIENTS = ("client_a", "client_b")
@@ -56,7 +64,8 @@ class EscrowMachine(RuleBasedStateMachine):
         self.balance = dict.fromkeys(ROLES, 0)
         self.stake = dict.fromkeys(ROLES, 0)
         self.allowance: dict[tuple[str, str], int] = {}
-        self.jobs: dict[bytes, JobModel] = {}
+        self.jobs: dict[int, JobModel] = {}  # by escrow sequence number
+        self.next_seq = 0
         self.counter = 0
 
     # -------------------------------------------------------------- helpers
@@ -79,7 +88,7 @@ class EscrowMachine(RuleBasedStateMachine):
     def role_of(self, address: str) -> str:
         return next(r for r, a in self.addr.items() if a == address)
 
-    def live(self, state: str) -> list[bytes]:
+    def live(self, state: str) -> list[int]:
         return sorted(j for j, m in self.jobs.items() if m.state == state)
 
     # -------------------------------------------------------------- balances
@@ -168,17 +177,18 @@ class EscrowMachine(RuleBasedStateMachine):
             job_id = hashlib.sha256(
                 self.counter.to_bytes(8, "big") + self.escrow.address.encode()
             ).digest()
-            if reuse and self.jobs:
-                job_id = sorted(self.jobs)[0]
+            if reuse and self.jobs:  # an ID opened before, or twice in this batch
+                job_id = self.jobs[min(self.jobs)].terms.job_id
             assignments = tuple(S.Assignment(self.addr[w], payout, lock) for w in workers)
             batch.append(S.EscrowTerms(job_id, common, assignments))
+        batch.sort(key=lambda t: t.job_id)  # the contract wants ascending IDs
         commons, jobs = S.group_terms(batch)
         reason = self.send(sender, "open", commons, jobs)
         # the model's verdict, in the contract's order of checks
         expected: str | None = None
         allowance = dict(self.allowance)
         stake = dict(self.stake)
-        seen: set[bytes] = set()
+        previous = b""
         total = 0
         if sender != client:
             expected = "only the client opens its jobs"
@@ -186,10 +196,10 @@ class EscrowMachine(RuleBasedStateMachine):
             expected = "quorum above the number of workers"
         else:
             for t in batch:
-                if t.job_id in self.jobs or t.job_id in seen:
-                    expected = "job id already used"
+                if t.job_id == previous:
+                    expected = "duplicate job id"
                     break
-                seen.add(t.job_id)
+                previous = t.job_id
                 for w in workers:
                     if lock > 0:
                         if allowance.get((w, client), 0) < lock:
@@ -209,8 +219,9 @@ class EscrowMachine(RuleBasedStateMachine):
         if reason is None:
             self.allowance, self.stake = allowance, stake
             self.balance[client] -= total
-            for t in batch:
-                self.jobs[t.job_id] = JobModel(t)
+            for t in S.locate_batch(batch, self.next_seq):
+                self.jobs[t.located().seq] = JobModel(t)
+            self.next_seq += len(batch)
 
     # -------------------------------------------------------------- release
 
@@ -235,7 +246,8 @@ class EscrowMachine(RuleBasedStateMachine):
         contract = self.addr["outsider"] if domain == "other contract" else self.escrow.address
         sig = S.sign_release(self.key[signer], chain_id, contract, ids, expires)
         commons, jobs = S.group_terms(batch)
-        reason = self.send(submitter, "release", commons, jobs, expires, sig)
+        refs = [t.located().as_abi() for t in batch]
+        reason = self.send(submitter, "release", commons, jobs, refs, expires, sig)
         clients = {t.common.client for t in batch}
         ok = (
             not expired
@@ -271,11 +283,9 @@ class EscrowMachine(RuleBasedStateMachine):
         j = data.draw(st.sampled_from(self.live("open")))
         m = self.jobs[j]
         result = hashlib.sha256(b"right" if honest else b"wrong").digest()
-        salt = hashlib.sha256(j + worker.encode()).digest()
+        salt = hashlib.sha256(j.to_bytes(8, "big") + worker.encode()).digest()
         commitment = S.commit_hash(result, self.addr[worker], salt)
-        reason = self.send(
-            worker, "commit", m.terms.common.as_abi(), S.job_abi(m.terms), commitment
-        )
+        reason = self.send(worker, "commit", *args_of(m.terms), commitment)
         assigned = self.addr[worker] in m.terms.workers
         if self.now() >= m.terms.common.commit_deadline:
             assert reason == "commit deadline passed"
@@ -297,9 +307,7 @@ class EscrowMachine(RuleBasedStateMachine):
         result, salt = m.salts[worker]
         if cheat:
             result = hashlib.sha256(b"copied" + result).digest()
-        reason = self.send(
-            worker, "reveal", m.terms.common.as_abi(), S.job_abi(m.terms), result, salt
-        )
+        reason = self.send(worker, "reveal", *args_of(m.terms), result, salt)
         now = self.now()
         if m.state == "settled":
             assert reason == "job already settled"
@@ -326,7 +334,7 @@ class EscrowMachine(RuleBasedStateMachine):
         j = data.draw(st.sampled_from(sorted(self.jobs)))
         m = self.jobs[j]
         result = hashlib.sha256(b"right" if right else b"wrong").digest()
-        reason = self.send(caller, "claim", m.terms.common.as_abi(), S.job_abi(m.terms), result)
+        reason = self.send(caller, "claim", *args_of(m.terms), result)
         c = m.terms.common
         ok = m.state == "open" and self.now() >= c.deadline and self.votes(m, result) >= c.quorum
         if not ok:
@@ -352,7 +360,7 @@ class EscrowMachine(RuleBasedStateMachine):
     def refund(self, data: st.DataObject, caller: str) -> None:
         j = data.draw(st.sampled_from(sorted(self.jobs)))
         m = self.jobs[j]
-        reason = self.send(caller, "refund", m.terms.common.as_abi(), S.job_abi(m.terms))
+        reason = self.send(caller, "refund", *args_of(m.terms))
         c = m.terms.common
         top = max((self.votes(m, r) for r in m.reveals.values()), default=0)
         ok = m.state == "open" and self.now() >= c.deadline and top < c.quorum
@@ -372,7 +380,7 @@ class EscrowMachine(RuleBasedStateMachine):
     def dispute(self, data: st.DataObject, caller: str) -> None:
         j = data.draw(st.sampled_from(self.live("open")))
         m = self.jobs[j]
-        reason = self.send(caller, "dispute", m.terms.common.as_abi(), S.job_abi(m.terms))
+        reason = self.send(caller, "dispute", *args_of(m.terms))
         party = self.addr[caller] == m.terms.common.client or self.addr[caller] in m.terms.workers
         if self.now() >= m.terms.common.deadline:
             assert reason == "dispute after the deadline"
@@ -391,7 +399,7 @@ class EscrowMachine(RuleBasedStateMachine):
         pay = [data.draw(st.integers(0, a.payout)) for a in t.assignments]
         slash = [data.draw(st.integers(0, a.stake_lock)) for a in t.assignments]
         vpay = data.draw(st.integers(0, t.escrowed - sum(pay)))
-        reason = self.send(caller, "resolve", t.common.as_abi(), S.job_abi(t), pay, slash, vpay)
+        reason = self.send(caller, "resolve", *args_of(t), pay, slash, vpay)
         if caller != "arbiter":
             assert reason == "only the arbiter resolves"
             return
@@ -437,7 +445,25 @@ class EscrowMachine(RuleBasedStateMachine):
         status = {"open": S.STATUS_OPEN, "disputed": S.STATUS_DISPUTED, "settled": S.STATUS_SETTLED}
         for j, m in self.jobs.items():
             assert m.payouts <= 1
-            assert self.escrow.functions.job_status(j).call() == status[m.state]
+            assert self.escrow.functions.status(j).call() == status[m.state]
+            assert self.escrow.functions.job_status(*args_of(m.terms)).call() == status[m.state]
+        assert self.escrow.functions.status(self.next_seq).call() == S.STATUS_UNKNOWN
+
+    @precondition(lambda self: len(self.jobs) >= 2)
+    @rule(data=st.data(), caller=st.sampled_from(ROLES))
+    def forged_ref(self, data: st.DataObject, caller: str) -> None:
+        """One job's terms at another job's place in the tree are no escrow at all."""
+        a, b = data.draw(
+            st.lists(st.sampled_from(sorted(self.jobs)), min_size=2, max_size=2, unique=True)
+        )
+        forged = dataclasses.replace(self.jobs[a].terms, ref=self.jobs[b].terms.ref)
+        if S.terms_hash(forged) == S.terms_hash(self.jobs[b].terms):
+            return  # identical terms: the same leaf, nothing forged
+        assert self.escrow.functions.job_status(*args_of(forged)).call() == S.STATUS_UNKNOWN
+        for fn, extra in (("dispute", ()), ("refund", ()), ("claim", (bytes(32),))):
+            assert (
+                self.send(caller, fn, *args_of(forged), *extra) == "terms do not match the escrow"
+            )
 
 
 EscrowMachine.TestCase.settings = settings(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 
@@ -23,9 +24,18 @@ def test_happy_path_batched_open_and_signed_release(parties: Parties) -> None:
     stake_before = [p.workers[i].stake_of() for i in range(2)]
     opened = p.client.open(batch)
     assert [e["event"] for e in opened.events] == ["opened"] * 3
-    assert [e["job_id"] for e in opened.events] == ["0x" + t.job_id.hex() for t in batch]
+    # the contract numbers a batch in ascending job ID order; `opened` keeps the caller's
+    assert [e["job_id"] for e in opened.events] == sorted("0x" + t.job_id.hex() for t in batch)
+    assert [t.job_id for t in opened.opened] == [t.job_id for t in batch]
+    batch = list(opened.opened)
+    seqs = sorted(t.located().seq for t in batch)
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
+    assert [e["seq"] for e in opened.events] == seqs
+    # refs are checked: the terms of one job at another's position are not an escrow
+    swapped = dataclasses.replace(batch[0], ref=batch[1].ref)
+    assert p.client.job_status(swapped) == S.STATUS_UNKNOWN
     assert p.client.balance() == free_before - sum(t.escrowed for t in batch)
-    assert all(p.client.job_status(t.job_id) == S.STATUS_OPEN for t in batch)
+    assert all(p.client.job_status(t) == S.STATUS_OPEN for t in batch)
     assert [p.workers[i].stake_of() for i in range(2)] == [
         s - 3 * ETH // 1000 for s in stake_before
     ]
@@ -35,7 +45,7 @@ def test_happy_path_batched_open_and_signed_release(parties: Parties) -> None:
     # a worker submits the client's receipt and pays for the gas
     released = p.workers[0].release(batch, expires, receipt)
     assert [e["event"] for e in released.events] == ["released"] * 3
-    assert all(p.client.job_status(t.job_id) == S.STATUS_SETTLED for t in batch)
+    assert all(p.client.job_status(t) == S.STATUS_SETTLED for t in batch)
     for i in range(2):
         assert p.workers[i].balance() == sum(t.assignments[i].payout for t in batch)
         assert p.workers[i].stake_of() == stake_before[i]
@@ -57,7 +67,7 @@ def test_happy_path_batched_open_and_signed_release(parties: Parties) -> None:
 def test_claim_by_quorum_pays_matching_workers_and_slashes_the_rest(parties: Parties) -> None:
     p = parties
     terms = p.terms(job_id("claim"), workers=3, quorum=2)
-    p.client.open([terms])
+    (terms,) = p.client.open([terms]).opened
     good, bad = hashlib.sha256(b"good").digest(), hashlib.sha256(b"bad").digest()
     salts = [os.urandom(32) for _ in range(3)]
     results = [good, good, bad]
@@ -97,14 +107,14 @@ def test_claim_by_quorum_pays_matching_workers_and_slashes_the_rest(parties: Par
         p.client.balance()
         == client_before + terms.assignments[2].payout + ETH // 1000 + ETH // 1000
     )
-    assert p.client.job_status(terms.job_id) == S.STATUS_SETTLED
+    assert p.client.job_status(terms) == S.STATUS_SETTLED
 
 
 def test_refund_only_after_deadline_and_only_once(parties: Parties) -> None:
     p = parties
     terms = p.terms(job_id("refund"))
     before = p.client.balance()
-    p.client.open([terms])
+    (terms,) = p.client.open([terms]).opened
     with pytest.raises(SettlementError, match="refund before the deadline"):
         p.client.refund(terms)
     assert p.client.balance() == before - terms.escrowed
@@ -119,11 +129,11 @@ def test_refund_only_after_deadline_and_only_once(parties: Parties) -> None:
 def test_dispute_freezes_until_the_arbiter_resolves(parties: Parties) -> None:
     p = parties
     terms = p.terms(job_id("dispute"), workers=2)
-    p.client.open([terms])
+    (terms,) = p.client.open([terms]).opened
     with pytest.raises(SettlementError, match="not an assigned worker"):
         p.outsider.dispute(terms)
     p.workers[1].dispute(terms)
-    assert p.client.job_status(terms.job_id) == S.STATUS_DISPUTED
+    assert p.client.job_status(terms) == S.STATUS_DISPUTED
     expires = p.chain.now() + 3600
     receipt = p.client.sign_release([terms], expires)
     with pytest.raises(SettlementError, match="job is disputed"):
@@ -149,6 +159,7 @@ def test_events_of_a_job_can_be_read_back(parties: Parties) -> None:
     terms = p.terms(job_id("events"))
     start = p.chain.w3.eth.block_number
     opened = p.client.open([terms])
+    (terms,) = opened.opened
     expires = p.chain.now() + 3600
     released = p.client.release([terms], expires, p.client.sign_release([terms], expires))
     jid = "0x" + terms.job_id.hex()

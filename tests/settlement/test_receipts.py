@@ -16,7 +16,7 @@ from tests.settlement.conftest import Parties
 
 def test_digest_matches_the_contract(parties: Parties) -> None:
     p = parties
-    ids = [hashlib.sha256(bytes([i])).digest() for i in range(5)]
+    ids = [i * 7919 + 3 for i in range(5)]  # escrow sequence numbers
     for n in (1, 5):
         onchain = p.client.contract.functions.release_digest(ids[:n], 1234).call()
         assert bytes(onchain) == S.release_digest(p.chain.chain_id, p.escrow, ids[:n], 1234)
@@ -31,23 +31,25 @@ def test_digest_matches_the_contract(parties: Parties) -> None:
 def test_receipt_for_another_domain_is_rejected(parties: Parties, where: str) -> None:
     p = parties
     terms = p.terms(hashlib.sha256(where.encode() + p.escrow.encode()).digest())
-    p.client.open([terms])
+    (terms,) = p.client.open([terms]).opened
     expires = p.chain.now() + 600
     if where == "other chain":
         chain_id, contract = p.chain.chain_id + 1, p.escrow
     else:
         other, _ = EscrowClient.deploy(p.chain, p.outsider.account)
         chain_id, contract = p.chain.chain_id, other.address
-    sig = S.sign_release(p.client.account.key, chain_id, contract, [terms.job_id], expires)
+    sig = S.sign_release(p.client.account.key, chain_id, contract, [terms.located().seq], expires)
     # the node refuses it: it recovers to some other address here
     with pytest.raises(SettlementError, match="receipt not signed by the client"):
         p.workers[0].release([terms], expires, sig)
     # and the contract refuses it too
     commons, jobs = S.group_terms([terms])
-    fn = p.client.contract.functions.release(commons, jobs, expires, sig)
+    fn = p.client.contract.functions.release(
+        commons, jobs, [terms.located().as_abi()], expires, sig
+    )
     with pytest.raises(Exception, match=r"receipt not signed by the client|bad signature"):
         fn.transact({"from": p.workers[0].account.address})
-    assert p.client.job_status(terms.job_id) == S.STATUS_OPEN
+    assert p.client.job_status(terms) == S.STATUS_OPEN
     assert p.workers[0].balance() == 0
 
 
