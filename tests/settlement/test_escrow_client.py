@@ -196,3 +196,21 @@ def test_a_lost_rpc_answer_does_not_send_a_payment_twice(parties: Parties) -> No
     p.client.deposit(1)
     assert p.client.balance() == before + 12346
     assert res.gas_used > 0
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 17, 64])
+def test_every_job_of_a_batch_is_located_by_its_proof(parties: Parties, size: int) -> None:
+    """The node's tree (protocol.settlement) and the contract's agree at every batch size,
+    odd levels included; no job is found at another's place."""
+    p = parties
+    batch = [p.terms(job_id(f"size{size}-{i}"), payout=1, lock=0, fee=0) for i in range(size)]
+    located = p.client.open(batch).opened
+    assert all(p.client.job_status(t) == S.STATUS_OPEN for t in located)
+    refs = [t.located() for t in located]
+    assert sorted(r.index for r in refs) == list(range(size))
+    assert {(r.first, r.size) for r in refs} == {(refs[0].first, size)}
+    if size > 1:
+        a, b = located[0], located[1]
+        assert p.client.job_status(dataclasses.replace(a, ref=b.ref)) == S.STATUS_UNKNOWN
+        cut = dataclasses.replace(a.located(), proof=a.located().proof[:-1])
+        assert p.client.job_status(dataclasses.replace(a, ref=cut)) == S.STATUS_UNKNOWN
