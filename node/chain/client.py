@@ -31,6 +31,8 @@ from protocol.settlement import EscrowTerms, SettlementError
 GAS_MARGIN = 1.2
 GAS_EXTRA = 20_000
 PRIORITY_FEE = 10**9  # 1 gwei tip when the node cannot tell us one
+TIP_TTL_S = 60.0
+_TIPS: dict[int, tuple[float, int]] = {}  # id(chain) -> (when asked, suggested tip)
 # RPC answers that mean "this exact transaction already reached the node"
 ALREADY_SENT = ("already known", "known transaction", "nonce too low", "already imported")
 
@@ -232,7 +234,7 @@ class EscrowClient:
             finally:
                 # A transaction mined with a revert still used its nonce: keep counting.
                 self._nonce = sender.nonce
-        logs = self.w3.eth.get_transaction_receipt(HexBytes(result.tx))["logs"]
+        logs = sender.receipt["logs"]
         return TxResult(
             tx=result.tx,
             block=result.block,
@@ -275,6 +277,7 @@ class _Sender:
         self.timeout = timeout
         self.retries = retries
         self.confirmations = confirmations
+        self.receipt: Any = None  # the last transaction's receipt
 
     def transact(self, *, to: str | None, data: str | bytes, value: int) -> TxResult:
         tx: dict[str, Any] = {
@@ -285,8 +288,9 @@ class _Sender:
         }
         if to is not None:
             tx["to"] = to
-        tx["gas"] = self._estimate(tx)
-        tx.update(self._fees())
+        latest = self.w3.eth.get_block("latest")  # one read for the gas limit and the fees
+        tx["gas"] = self._estimate(tx, int(latest["gasLimit"]))
+        tx.update(self._fees(latest))
         if self.nonce is None:
             self.nonce = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
         tx["nonce"] = self.nonce
@@ -299,6 +303,7 @@ class _Sender:
         receipt = self._wait(tx_hash)
         if receipt["status"] != 1:
             raise SettlementError(self._replay_reason(tx, receipt), f"tx {tx_hash}")
+        self.receipt = receipt
         address = receipt.get("contractAddress")
         return TxResult(
             tx=tx_hash,
@@ -307,7 +312,7 @@ class _Sender:
             contract_address=str(address) if address else None,
         )
 
-    def _estimate(self, tx: dict[str, Any]) -> int:
+    def _estimate(self, tx: dict[str, Any], limit: int) -> int:
         try:
             estimate = int(self._rpc(lambda: self.w3.eth.estimate_gas(tx)))  # type: ignore[arg-type]
         except SettlementError:
@@ -317,18 +322,26 @@ class _Sender:
             if reason is None:
                 raise SettlementError("transaction rejected", str(exc)) from exc
             raise SettlementError(reason) from exc
-        limit = int(self.w3.eth.get_block("latest")["gasLimit"])
         return min(int(estimate * GAS_MARGIN) + GAS_EXTRA, limit)
 
-    def _fees(self) -> dict[str, int]:
-        base = self.w3.eth.get_block("latest").get("baseFeePerGas")
+    def _fees(self, latest: Any) -> dict[str, int]:
+        base = latest.get("baseFeePerGas")
         if base is None:
             return {"gasPrice": int(self.w3.eth.gas_price)}
+        return {"maxFeePerGas": 2 * int(base) + self._tip(), "maxPriorityFeePerGas": self._tip()}
+
+    def _tip(self) -> int:
+        """The node's suggested priority fee, asked once a minute per chain (it moves slowly)."""
+        now = time.monotonic()
+        cached = _TIPS.get(id(self.chain))
+        if cached is not None and now - cached[0] < TIP_TTL_S:
+            return cached[1]
         try:
             tip = int(self.w3.eth.max_priority_fee)
         except Exception:  # not every node implements eth_maxPriorityFeePerGas
             tip = PRIORITY_FEE
-        return {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+        _TIPS[id(self.chain)] = (now, tip)
+        return tip
 
     def _known(self, tx_hash: str) -> bool:
         try:
@@ -374,6 +387,8 @@ class _Sender:
         while True:
             try:
                 receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+                if self.confirmations == 1:  # a receipt means it is in a block
+                    return receipt
                 if self.w3.eth.block_number >= receipt["blockNumber"] + self.confirmations - 1:
                     return receipt
             except TransactionNotFound:
