@@ -149,6 +149,17 @@ def swarm(nodes: int, directory: Path, lifecycle: dict[str, Any] | None = None) 
             "the client to know every worker",
             every=0.5,
         )
+        # ... and every worker advertises noop (workers price their classes only once
+        # their runtime fingerprint is known, seconds after start-up under load).
+        _wait(
+            lambda: (
+                sum(1 for w in s.client.call("caps") if "noop" in w["ad"]["prices"])
+                >= len(s.workers)
+            ),
+            180,
+            "every worker to advertise noop",
+            every=0.5,
+        )
         say(f"{nodes}-node network up in {time.monotonic() - started:.1f} s; load {_load()}")
         time.sleep(5.0)  # let start-up CPU (imports, staking transactions) die down
         yield s

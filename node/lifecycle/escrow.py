@@ -16,6 +16,7 @@ from protocol.settlement import STATUS_OPEN, Assignment, Common, EscrowRef, Escr
 __all__ = ["AsyncEscrow", "attempt_chain_id", "terms_from_json", "terms_to_json"]
 
 T = TypeVar("T")
+NOW_TTL_S = 1.0
 
 
 def attempt_chain_id(job_id: bytes, attempt: int) -> bytes:
@@ -86,15 +87,29 @@ class AsyncEscrow:
         self.address = client.account.address
         # Nodes sharing one in-process chain share one lock: py-evm is not thread-safe.
         self._lock = lock or trio.Lock()
+        # Reads over JSON-RPC need no lock (EscrowClient guards its own nonce); a few at a
+        # time, so a burst of jobs does not queue its status checks behind transactions.
+        self._readers = trio.CapacityLimiter(4)
+        self._latest: tuple[float, int] = (-1e9, 0)  # (when read, latest block time)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
             return await trio.to_thread.run_sync(fn, *args)
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """A call that sends nothing: concurrent on JSON-RPC, serialised on py-evm."""
+        if self.client.chain.kind == "embedded":
+            return await self.call(fn, *args)
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._readers)
+
     async def now(self) -> int:
         """The time the next block will carry: the latest block's time lags the clock when
-        nothing is mined, and a dev chain may run ahead of it (time travel)."""
-        latest = await self.call(self.client.chain.now)
+        nothing is mined, and a dev chain may run ahead of it (time travel). The block's
+        time is read at most once a second."""
+        read_at, latest = self._latest
+        if time.monotonic() - read_at >= NOW_TTL_S:
+            latest = await self.read(self.client.chain.now)
+            self._latest = (time.monotonic(), latest)
         return max(latest, int(time.time()))
 
     async def open(self, batch: Sequence[EscrowTerms]) -> TxResult:
@@ -113,7 +128,7 @@ class AsyncEscrow:
 
     async def status(self, terms: EscrowTerms) -> int:
         """STATUS_* of the escrow holding `terms` (STATUS_UNKNOWN if none holds them)."""
-        return await self.call(self.client.job_status, terms)
+        return await self.read(self.client.job_status, terms)
 
     async def ensure_deposit(self, amount: int) -> None:
         def top_up() -> None:

@@ -64,7 +64,7 @@ class WorkerRole:
         self.lc = lc
         self.jobs: dict[tuple[bytes, int], WorkerJob] = {}
         self.running = 0
-        self.approved: set[str] = set()
+        self.approved: dict[str, trio.Event] = {}  # client address -> approval sent
         self.work_root = lc.node.home / "work"
 
     # ------------------------------------------------------------ handlers
@@ -95,10 +95,8 @@ class WorkerRole:
             return decline("busy")
         if offer.deadline <= now_ms():
             return decline("deadline_passed")
-        if s.stake_lock_wei and offer.client_eth not in self.approved:
-            # One approval per client covers many jobs; the escrow takes locks from it.
-            await lc.escrow.approve_stake(offer.client_eth, s.stake_lock_wei * 1000)
-            self.approved.add(offer.client_eth)
+        if s.stake_lock_wei:
+            await self._approve(offer.client_eth)
         self.jobs[(offer.job_id, offer.attempt)] = WorkerJob(offer, peer)
         held = [n for n, ref in offer.spec.inputs.items() if lc.node.blobs.has(ref.sha256)]
         return Bid(
@@ -110,6 +108,27 @@ class WorkerRole:
             runtime=lc.runtime_fingerprint(offer.spec.job_class),
             has_inputs=tuple(held),
         )
+
+    async def _approve(self, client_eth: str) -> None:
+        """One stake approval per client covers many jobs (the escrow takes locks from it).
+        A burst of offers from a new client waits for the one approval in flight instead
+        of sending one transaction each."""
+        done = self.approved.get(client_eth)
+        if done is None:
+            done = self.approved[client_eth] = trio.Event()
+            try:
+                lc = self.lc
+                assert lc.escrow is not None
+                await lc.escrow.approve_stake(client_eth, lc.settings.stake_lock_wei * 1000)
+            except BaseException:
+                del self.approved[client_eth]  # let the next offer try again
+                done.set()
+                raise
+            done.set()
+            return
+        await done.wait()
+        if client_eth not in self.approved:
+            raise Refused("stake approval failed", code="not_approved")
 
     async def on_assignment(self, signed: SignedMessage, peer: str) -> Message:
         a = signed.message
