@@ -326,9 +326,29 @@ class ClientRole:
             elif isinstance(msg, Decline):
                 lc.event(job_id, number, "declined", worker=did, detail={"reason": msg.reason})
 
-        async with trio.open_nursery() as nursery:
+        # Soft close: once K bids are in, the others get `bid_grace_s` more, so one slow
+        # worker does not hold the job up for the whole bid timeout.
+        pending = [len(chosen)]
+        enough, all_in = trio.Event(), trio.Event()
+
+        async def ask_counted(rank: int, did: str) -> None:
+            try:
+                await ask(rank, did)
+            finally:
+                pending[0] -= 1
+                if len(bids) >= k:
+                    enough.set()
+                if pending[0] == 0:
+                    enough.set()
+                    all_in.set()
+
+        async with trio.open_nursery() as asks:
             for rank, did in enumerate(chosen):
-                nursery.start_soon(ask, rank, did)
+                asks.start_soon(ask_counted, rank, did)
+            await enough.wait()
+            with trio.move_on_after(lc.settings.bid_grace_s):
+                await all_in.wait()
+            asks.cancel_scope.cancel()
         bids.sort(key=lambda b: (b[0], b[1]))
         if len(bids) < k:
             self._save(job_id, data, machine)

@@ -48,6 +48,7 @@ class LifecycleSettings:
     # client side
     offer_fanout: int = 2  # offers sent = redundancy + this
     bid_timeout_s: float = 5.0
+    bid_grace_s: float = 0.05  # once K bids are in, how long the other offers may still bid
     heartbeat_timeout_s: float = 10.0
     start_timeout_s: float = 30.0
     max_attempts: int = 3
