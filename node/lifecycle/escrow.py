@@ -91,6 +91,7 @@ class AsyncEscrow:
         # time, so a burst of jobs does not queue its status checks behind transactions.
         self._readers = trio.CapacityLimiter(4)
         self._latest: tuple[float, int] = (-1e9, 0)  # (when read, latest block time)
+        self._free_floor: int | None = None  # the free balance, as far as this node knows
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
@@ -130,13 +131,27 @@ class AsyncEscrow:
         """STATUS_* of the escrow holding `terms` (STATUS_UNKNOWN if none holds them)."""
         return await self.read(self.client.job_status, terms)
 
-    async def ensure_deposit(self, amount: int) -> None:
-        def top_up() -> None:
-            have = self.client.balance()
-            if have < amount:
-                self.client.deposit(amount - have)
+    async def ensure_deposit(self, needed: int, top_up_to: int = 0) -> None:
+        """Make the free balance cover `needed`; when it must deposit, it tops up to
+        `top_up_to` at once, so most opens need no deposit at all. The balance is read
+        only when the node's own count says it may be short (`note_opened` lowers it)."""
+        if self._free_floor is not None and self._free_floor >= needed:
+            return
 
-        await self.call(top_up)
+        def top_up() -> int:
+            have = self.client.balance()
+            if have < needed:
+                target = max(needed, top_up_to)
+                self.client.deposit(target - have)
+                return target
+            return have
+
+        self._free_floor = await self.call(top_up)
+
+    def note_opened(self, escrowed: int, ok: bool) -> None:
+        """An open took `escrowed` from the free balance (or failed: read it again)."""
+        if self._free_floor is not None:
+            self._free_floor = self._free_floor - escrowed if ok else None
 
     async def ensure_stake(self, amount: int) -> None:
         def stake() -> None:

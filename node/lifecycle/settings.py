@@ -52,7 +52,7 @@ class LifecycleSettings:
     heartbeat_timeout_s: float = 10.0
     start_timeout_s: float = 30.0
     max_attempts: int = 3
-    deposit_wei: int = 10**18  # topped up to before opening escrows
+    deposit_wei: int = 10**18  # topped up to when the free balance cannot cover an open
     release_batch: int = 50
     release_interval_s: float = 0.2
     open_interval_s: float = 0.0  # 0: jobs queued while an open is in flight share the next

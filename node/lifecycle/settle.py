@@ -110,7 +110,7 @@ class OpenBatcher:
         assert escrow is not None
         try:
             await escrow.ensure_deposit(
-                max(self.lc.settings.deposit_wei, sum(p.terms.escrowed for p in batch))
+                sum(p.terms.escrowed for p in batch), top_up_to=self.lc.settings.deposit_wei
             )
         except SettlementError as exc:  # e.g. the client's account cannot pay: fail these jobs
             log.warning("deposit for %d job(s) refused: %s", len(batch), exc.message)
@@ -118,9 +118,11 @@ class OpenBatcher:
                 pending.error = exc.reason
                 pending.done.set()
             return
+        escrowed = sum(p.terms.escrowed for p in batch)
         try:
             tx = await escrow.open([p.terms for p in batch])
         except SettlementError as exc:
+            escrow.note_opened(escrowed, ok=False)
             if len(batch) == 1:
                 batch[0].error = exc.reason
                 batch[0].done.set()
@@ -128,6 +130,7 @@ class OpenBatcher:
             for pending in batch:  # find the bad one(s) by opening each alone
                 await self._open([pending])
             return
+        escrow.note_opened(escrowed, ok=True)
         self.batches.append({"tx": tx.tx, "jobs": len(batch), "gas": tx.gas_used})
         for pending, located in zip(batch, tx.opened, strict=True):
             # each job gets its share of the gas and its own escrow ref
