@@ -42,7 +42,7 @@ def network(
     directory: Path, nodes: int, lifecycle: dict[int, dict[str, Any]] | None = None
 ) -> Iterator[dict[str, Any]]:
     """A network of its own for one test, always taken down; no node process outlives it
-    (restarted nodes included: their pids are in testnet.json)."""
+    (restarted nodes included: their pids are in testnet.json), nor the chain."""
     state = up(nodes, directory, lifecycle=lifecycle)
     pids = {n["pid"] for n in state["nodes"]}
     try:
@@ -51,6 +51,7 @@ def network(
         down(directory)
         pids |= {n["pid"] for n in json.loads((directory / STATE_FILE).read_text())["nodes"]}
         assert all(_gone(pid) for pid in pids), pids
+        assert _gone(state["chain"]["pid"])  # nor its anvil
 
 
 def node_of(state: dict[str, Any], role: str) -> list[dict[str, Any]]:
