@@ -24,7 +24,7 @@ from node.lifecycle.settings import CHAIN_FILE, SETTINGS_FILE
 from protocol.errors import C0Error, UserError
 from testnet import chain as chain_setup
 
-__all__ = ["STATE_FILE", "down", "status", "up"]
+__all__ = ["STATE_FILE", "down", "restart", "status", "up"]
 
 STATE_FILE = "testnet.json"
 BOOTSTRAP_FANOUT = 3  # each node dials this many others; gossip does the rest
@@ -134,18 +134,7 @@ def up(
                 }
             )
             (home / CONFIG_FILE).write_text(render_config(cfg), "utf-8")
-            log = (home / "node.log").open("ab")
-            argv = [sys.executable, "-m", "node", "node", "run", "--home", str(home)]
-            procs.append(
-                subprocess.Popen(
-                    [*argv, "--light"] if roles[i] == "client" else argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # a Ctrl+C on `testnet up` leaves the nodes be
-                )
-            )
-            log.close()
+            procs.append(_launch(home, roles[i]))
             state["nodes"].append(
                 {
                     "did": identities[i].did,
@@ -169,6 +158,48 @@ def up(
         chain_setup.stop(state.get("chain"))
         raise
     return state
+
+
+def _launch(home: Path, role: str) -> subprocess.Popen[bytes]:
+    """Start the node of `home` as its own process, appending to its node.log."""
+    argv = [sys.executable, "-m", "node", "node", "run", "--home", str(home)]
+    with (home / "node.log").open("ab") as log:
+        return subprocess.Popen(
+            [*argv, "--light"] if role == "client" else argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl+C on `testnet up` leaves the nodes be
+        )
+
+
+def restart(directory: Path, index: int, *, limit_s: float = 60.0) -> dict[str, Any]:
+    """Start node `index` of the testnet in `directory` again after it stopped or was
+    killed, from the same home: its identity, database, config (so the same listen port
+    and bootstrap peers), lifecycle.toml and chain.json, so it rejoins the network and
+    resumes its unfinished jobs. The new pid goes into testnet.json, so `down` stops it.
+    Returns the node's entry once it answers on its control socket and is connected to
+    the peers it bootstraps from."""
+    directory = directory.resolve()
+    state = _load(directory)
+    node = state["nodes"][index]
+    home = Path(node["home"])
+    if _alive(node["pid"], node["home"]):
+        raise UserError(f"{home.name} is still running (pid {node['pid']})")
+    _reap(node["pid"])
+    proc = _launch(home, node["role"])
+    node["pid"] = proc.pid
+    _write(directory / STATE_FILE, state)
+    _poll(lambda: _ready(home, proc), limit_s, f"{home.name} to restart")
+    full = sum(1 for n in state["nodes"] if n["role"] != "client") - (
+        0 if node["role"] == "client" else 1
+    )
+    _poll(
+        lambda: _call(home, "status")["connected_peers"] >= min(BOOTSTRAP_FANOUT, full),
+        limit_s,
+        f"{home.name} to reconnect",
+    )
+    return dict(node)
 
 
 def _chain_json(entry: dict[str, Any]) -> dict[str, Any]:

@@ -313,8 +313,13 @@ class _Sender:
         )
 
     def _estimate(self, tx: dict[str, Any], limit: int) -> int:
+        # Estimate in the pending block, the one the transaction joins: by default an RPC
+        # node (anvil) uses the latest block, whose timestamp lags the clock on an idle
+        # chain, so a reveal, claim or refund due by now would be refused as too early.
+        # The embedded chain (eth-tester) has no pending estimate: its default stays.
+        block = None if self.chain.kind == "embedded" else "pending"
         try:
-            estimate = int(self._rpc(lambda: self.w3.eth.estimate_gas(tx)))  # type: ignore[arg-type]
+            estimate = int(self._rpc(lambda: self.w3.eth.estimate_gas(tx, block)))  # type: ignore[arg-type]
         except SettlementError:
             raise
         except Exception as exc:

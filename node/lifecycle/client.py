@@ -45,6 +45,10 @@ __all__ = ["ClientRole"]
 
 log = logging.getLogger("c0.client")
 _NO_WORKER_POLL_S = 1.0
+# An attempt needs this long before the job's deadline: a commit window of at least a
+# second must end before it (an offer whose commit deadline follows its deadline is
+# invalid), so with less left the job gives up instead of starting one.
+_MIN_ATTEMPT_MS = 2000
 
 
 @dataclass
@@ -196,7 +200,7 @@ class ClientRole:
         while not machine.terminal:
             state = machine.state
             if state in (State.REQUESTED, State.FUNDED, State.FAILED):
-                if now_ms() >= deadline_ms or (
+                if now_ms() >= deadline_ms - _MIN_ATTEMPT_MS or (
                     state is State.FAILED and Event.RETRY not in machine.allowed()
                 ):
                     await self._give_up(job_id, data, machine)

@@ -157,7 +157,12 @@ async def reconcile_node(lc: Lifecycle) -> dict[str, Any]:
         for number, info in sorted(data.get("attempts", {}).items()):
             current = number == str(data.get("attempt"))
             verdicts = info.get("verdicts", {}).values()
-            state = rec.state if current else "refunded" if data.get("refunds") else "failed"
+            # A failed attempt of a job that went on is refunded in the background by the
+            # refund keeper (its record is not rewritten): ask the keeper too.
+            refunded = bool(data.get("refunds")) or (
+                bytes.fromhex(info["terms"]["job_id"]) in lc.refunds.refunded
+            )
+            state = rec.state if current else "refunded" if refunded else "failed"
             records.append(
                 JobRecord(
                     job_id=f"{job_id_text(rec.job_id)}#{number}",

@@ -180,6 +180,12 @@ class Libp2pTransport:
     async def connect(self, addr: str) -> str:
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         self.host.get_peerstore().add_addrs(info.peer_id, info.addrs, _ADDR_TTL_S)
+        # An explicit dial is paced by its caller (bootstrap retries back off): lift
+        # libp2p's 60 s negative cache first, or one dial made before the peer listened
+        # would make every retry fail at once for a minute.
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(info.peer_id)
         try:
             await self.host.connect(info)
         except Exception as exc:
