@@ -81,7 +81,8 @@ def reconcile(
             add("paid_twice", f"{paid} payout events on chain")
         if rec.state == "refunded" and rec.funded and not (chain["refunded"] or chain["resolved"]):
             add("refunded_not_on_chain", "refunded here but no Refunded event")
-        if chain["refunded"] and rec.state != "refunded":
+        # a failed attempt's escrow is meant to go back to the client
+        if chain["refunded"] and rec.state not in ("refunded", "failed"):
             add("refunded_on_chain_only", f"refunded on chain but {rec.state} here")
         if (
             chain["opened"]

@@ -16,7 +16,7 @@ from node.chain.backends import rpc_chain
 from node.chain.client import EscrowClient
 from node.lifecycle.arbitration import Arbitration
 from node.lifecycle.client import ClientRole
-from node.lifecycle.escrow import AsyncEscrow
+from node.lifecycle.escrow import AsyncEscrow, terms_from_json
 from node.lifecycle.settings import ChainInfo, LifecycleSettings
 from node.lifecycle.settle import OpenBatcher, RefundKeeper, ReleaseBatcher
 from node.lifecycle.worker import WorkerJob, WorkerRole
@@ -146,10 +146,17 @@ class Lifecycle:
             log.warning("%s stopped: %s", getattr(fn, "__name__", fn), exc)
 
     def _resume(self) -> None:
-        """Pick up the jobs a previous run of this node left unfinished."""
+        """Pick up the jobs a previous run of this node left unfinished, and the escrows of
+        failed attempts still waiting for their refund (the keeper holds them in memory)."""
         for rec in self.node.store.jobs():
-            if rec.role == "client" and State(rec.state) not in TERMINAL:
+            if rec.role != "client":
+                continue
+            if State(rec.state) not in TERMINAL:
                 self.spawn(self.client.drive, rec.job_id)
+            current = str(rec.data.get("attempt"))
+            for number, info in rec.data.get("attempts", {}).items():
+                if number != current and "escrow" in info.get("terms", {}):
+                    self.refunds.add(terms_from_json(info["terms"]))
 
     # ------------------------------------------------------------ records
     def store_job(self, job_id: bytes, role: str, state: str, data: dict[str, Any]) -> None:

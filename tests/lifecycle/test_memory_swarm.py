@@ -6,7 +6,9 @@ from pathlib import Path
 
 import trio
 
+from node.lifecycle.escrow import terms_from_json
 from protocol.jobs import job_id_from_text
+from protocol.settlement import STATUS_SETTLED
 from tests.lifecycle.conftest import memory_swarm, offering, wait_state
 from tests.net.conftest import wait_for
 
@@ -169,6 +171,16 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
         paid = [swarm.balance(i) - b for i, b in zip((1, 2, 3), before, strict=True)]
         assert paid[index - 1] == 0
         assert sorted(paid) == [0, 10**12, 10**12]  # two workers paid once each
+        # Attempt 1's escrow waits for its deadline to be refunded. A client restarted
+        # meanwhile still knows it must refund it (the keeper is rebuilt from the records).
+        first = terms_from_json(rec.data["attempts"]["1"]["terms"])
+        await swarm.kill(0)
+        restarted = await swarm.start(0)
+        if first.job_id not in restarted.refunds.refunded:
+            assert first.job_id in restarted.refunds.pending
+        swarm.chain.advance_time(130)
+        await wait_for(lambda: first.job_id in restarted.refunds.refunded, 60)
+        assert swarm.client_escrow().job_status(first) == STATUS_SETTLED
 
 
 async def test_client_vanishes_after_funding_and_workers_claim(tmp_path: Path) -> None:

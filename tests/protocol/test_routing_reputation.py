@@ -119,6 +119,9 @@ def test_reconcile_finds_each_kind_of_mismatch() -> None:
         rec(5, "running"),  # open past deadline
         rec(6, "settled", passed_verdicts=0, reveals=0),  # no evidence of verification
         rec(7, "refunded"),  # refunded here only
+        rec(8, "settled"),  # refunded on chain only
+        rec(9, "failed"),  # a failed attempt, refunded: as it should be
+        rec(10, "failed"),  # a failed attempt, paid: not as it should be
     ]
     events = [
         ev(1, "opened"),
@@ -133,6 +136,12 @@ def test_reconcile_finds_each_kind_of_mismatch() -> None:
         ev(6, "opened"),
         ev(6, "released"),
         ev(7, "opened"),
+        ev(8, "opened"),
+        ev(8, "refunded"),
+        ev(9, "opened"),
+        ev(9, "refunded"),
+        ev(10, "opened"),
+        ev(10, "released"),
     ]
     found = {(m.job_id, m.kind) for m in reconcile(records, events, now_s=200)}
     assert found == {
@@ -145,5 +154,8 @@ def test_reconcile_finds_each_kind_of_mismatch() -> None:
         ("job6", "settled_without_verdict"),
         ("job7", "refunded_not_on_chain"),
         ("job7", "escrow_open_past_deadline"),
+        ("job8", "settled_not_paid"),
+        ("job8", "refunded_on_chain_only"),
+        ("job10", "paid_not_settled"),
     }
     assert reconcile(records[:1], events, now_s=200) == []
