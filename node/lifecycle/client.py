@@ -88,6 +88,7 @@ class ClientRole:
     def __init__(self, lc: Lifecycle) -> None:
         self.lc = lc
         self.active: dict[tuple[bytes, int], Attempt] = {}
+        self.bidding: set[bytes] = set()  # jobs between routing and their escrow's open
         self.records: dict[bytes, dict[str, Any]] = {}  # job id -> the record its task holds
         self.results_root = lc.node.home / "results"
 
@@ -268,6 +269,20 @@ class ClientRole:
         machine: JobMachine,
         deadline_ms: int,
     ) -> Attempt | None:
+        self.bidding.add(job_id)  # the open batcher waits a little for jobs still bidding
+        try:
+            return await self._route_bid_fund_assign(job_id, spec, data, machine, deadline_ms)
+        finally:
+            self.bidding.discard(job_id)
+
+    async def _route_bid_fund_assign(
+        self,
+        job_id: bytes,
+        spec: JobSpec,
+        data: dict[str, Any],
+        machine: JobMachine,
+        deadline_ms: int,
+    ) -> Attempt | None:
         lc = self.lc
         assert lc.escrow is not None
         assert lc.chain is not None
@@ -384,9 +399,11 @@ class ClientRole:
         try:
             tx = await lc.opens.open(terms)
         except SettlementError as exc:
+            self.bidding.discard(job_id)
             lc.event(job_id, number, "failed", detail={"reason": f"escrow: {exc.reason}"})
             await trio.sleep(_NO_WORKER_POLL_S)
             return None
+        self.bidding.discard(job_id)
         (terms,) = tx.opened  # now with its escrow ref: every later call names it
         slots = {
             b[2]: WorkerSlot(b[2], b[4], b[3].eth_address, b[0], last_heartbeat=trio.current_time())

@@ -56,6 +56,9 @@ class LifecycleSettings:
     release_batch: int = 50
     release_interval_s: float = 0.2
     open_interval_s: float = 0.0  # 0: jobs queued while an open is in flight share the next
+    # a batch waits for jobs on their way to it (still bidding / still running), this long
+    open_max_wait_s: float = 0.25
+    release_max_wait_s: float = 1.0
     default_deadline_s: int = 300
     arbiter: str = ""  # Ethereum address named in the terms; default: the chain file's
     reputation_threshold: float = 0.3

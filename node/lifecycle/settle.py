@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,20 @@ class _Pending:
     error: str = ""
 
 
+async def _gather(
+    batcher: ReleaseBatcher | OpenBatcher,
+    limit: int,
+    max_wait_s: float,
+    more_coming: Callable[[], bool],
+) -> None:
+    """Hold a batch open while more jobs are on their way to it: until it is full, nothing
+    more is coming, or `max_wait_s` has passed (a lone job never waits here)."""
+    with trio.move_on_after(max_wait_s):
+        while len(batcher.queue) < limit and more_coming():
+            await batcher._wake.wait()
+            batcher._wake = trio.Event()
+
+
 class ReleaseBatcher:
     """Collects verified jobs for a short interval and releases them in one transaction."""
 
@@ -51,9 +66,14 @@ class ReleaseBatcher:
             await self._wake.wait()
             self._wake = trio.Event()
             await trio.sleep(s.release_interval_s)  # pacing: let more verdicts join the batch
+            # while other attempts are still running, their verdicts may join too
+            await _gather(self, s.release_batch, s.release_max_wait_s, self._more_coming)
             while self.queue:
                 batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
                 await self._release(batch)
+
+    def _more_coming(self) -> bool:
+        return bool(self.lc.client.active)
 
     async def _release(self, batch: list[_Pending]) -> None:
         escrow = self.lc.escrow
@@ -101,9 +121,14 @@ class OpenBatcher:
             await self._wake.wait()
             self._wake = trio.Event()
             await trio.sleep(s.open_interval_s)  # pacing (0 by default: natural batching)
+            # while other jobs are still collecting bids, they may join this open
+            await _gather(self, s.release_batch, s.open_max_wait_s, self._more_coming)
             while self.queue:
                 batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
                 await self._open(batch)
+
+    def _more_coming(self) -> bool:
+        return len(self.lc.client.bidding) > len(self.queue)
 
     async def _open(self, batch: list[_Pending]) -> None:
         escrow = self.lc.escrow
