@@ -89,6 +89,7 @@ class ClientRole:
         self.lc = lc
         self.active: dict[tuple[bytes, int], Attempt] = {}
         self.bidding: set[bytes] = set()  # jobs between routing and their escrow's open
+        self.offered: dict[str, int] = {}  # worker DID -> offers out or won, not yet assigned
         self.records: dict[bytes, dict[str, Any]] = {}  # job id -> the record its task holds
         self.results_root = lc.node.home / "results"
 
@@ -233,14 +234,20 @@ class ClientRole:
                 self.active.pop((job_id, attempt.number), None)
 
     # ------------------------------------------------------------ routing and funding
-    def candidates(self, spec: JobSpec) -> list[Candidate]:
-        lc = self.lc
-        # A gossiped load is seconds old; add the jobs we ourselves have running there, so
-        # a burst spreads over the swarm instead of piling onto the same few workers.
-        inflight: dict[str, int] = {}
+    def _ours_in_flight(self) -> dict[str, int]:
+        """Per worker DID: this client's attempts there plus its outstanding offers."""
+        inflight: dict[str, int] = dict(self.offered)
         for attempt in self.active.values():
             for did in attempt.slots:
                 inflight[did] = inflight.get(did, 0) + 1
+        return inflight
+
+    def candidates(self, spec: JobSpec) -> list[Candidate]:
+        lc = self.lc
+        # A gossiped load is seconds old; add the jobs we ourselves have there (running,
+        # won and being funded, or offered right now), so a burst spreads over the swarm
+        # instead of piling onto the same few workers.
+        inflight = self._ours_in_flight()
         out = []
         for did, worker in lc.node.caps.items():
             if did == lc.node.did:
@@ -361,14 +368,23 @@ class ClientRole:
                     enough.set()
                     all_in.set()
 
-        async with trio.open_nursery() as asks:
-            for rank, did in enumerate(chosen):
-                asks.start_soon(ask_counted, rank, did)
-            await enough.wait()
-            with trio.move_on_after(lc.settings.bid_grace_s):
-                await all_in.wait()
-            asks.cancel_scope.cancel()
-        bids.sort(key=lambda b: (b[0], b[1]))
+        for did in chosen:
+            self.offered[did] = self.offered.get(did, 0) + 1
+        try:
+            async with trio.open_nursery() as asks:
+                for rank, did in enumerate(chosen):
+                    asks.start_soon(ask_counted, rank, did)
+                await enough.wait()
+                with trio.move_on_after(lc.settings.bid_grace_s):
+                    await all_in.wait()
+                asks.cancel_scope.cancel()
+        finally:
+            for did in chosen:
+                self.offered[did] -= 1
+        # the K cheapest win; among equal prices, the worker with fewer of our jobs in
+        # flight right now, then the better routing rank
+        load_now = self._ours_in_flight()
+        bids.sort(key=lambda b: (b[0], load_now.get(b[2], 0), b[1]))
         if len(bids) < k:
             self._save(job_id, data, machine)
             await lc.wait_for_ads(_NO_WORKER_POLL_S)  # too few bids: wait for the swarm
@@ -377,7 +393,8 @@ class ClientRole:
         outcome = {b[2]: f"won: bid {b[0]}" for b in winners}
         outcome.update(
             {
-                b[2]: f"lost: bid {b[0]} not among the {k} lowest (ties go to the better rank)"
+                b[2]: f"lost: bid {b[0]} not among the {k} lowest (ties go to the worker "
+                "with fewer of this client's jobs in flight, then the better rank)"
                 for b in bids[k:]
             }
         )
@@ -396,14 +413,19 @@ class ClientRole:
             ),
             tuple(EscrowAssignment(b[3].eth_address, b[0], stake_lock) for b in winners),
         )
+        won = [b[2] for b in winners]
+        for did in won:  # the winners count as busy with our job while it is funded
+            self.offered[did] = self.offered.get(did, 0) + 1
         try:
             tx = await lc.opens.open(terms)
         except SettlementError as exc:
-            self.bidding.discard(job_id)
             lc.event(job_id, number, "failed", detail={"reason": f"escrow: {exc.reason}"})
             await trio.sleep(_NO_WORKER_POLL_S)
             return None
-        self.bidding.discard(job_id)
+        finally:
+            self.bidding.discard(job_id)
+            for did in won:
+                self.offered[did] -= 1
         (terms,) = tx.opened  # now with its escrow ref: every later call names it
         slots = {
             b[2]: WorkerSlot(b[2], b[4], b[3].eth_address, b[0], last_heartbeat=trio.current_time())

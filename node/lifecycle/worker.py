@@ -64,6 +64,9 @@ class WorkerRole:
         self.lc = lc
         self.jobs: dict[tuple[bytes, int], WorkerJob] = {}
         self.running = 0
+        # Bids are refused while max_concurrent jobs run, but assignments that arrive
+        # together can still exceed it: they wait for a slot here, heartbeating.
+        self.slots = trio.Semaphore(max(1, lc.settings.max_concurrent))
         self.approved: dict[str, trio.Event] = {}  # client address -> approval sent
         self.work_root = lc.node.home / "work"
 
@@ -221,6 +224,29 @@ class WorkerRole:
         out.mkdir(parents=True)
         executor = ChildProcessExecutor(offer.spec.job_class)
         request = ExecutionRequest(offer.spec, inputs, out, attempt=offer.attempt)
+        # at most max_concurrent executor children at once; a queued job keeps heartbeating
+        while True:
+            with trio.move_on_after(self.lc.settings.heartbeat_s):
+                await self.slots.acquire()
+                break
+            await self._heartbeat(job, "queued")
+        try:
+            return await self._run_child(job, executor, request)
+        finally:
+            self.slots.release()
+
+    async def _heartbeat(self, job: WorkerJob, phase: str) -> None:
+        offer = job.offer
+        await self.lc.send_quietly(
+            job.client_peer,
+            Heartbeat(job_id=offer.job_id, attempt=offer.attempt, phase=phase, progress=0.5),
+            tries=1,
+            limit_s=2.0,
+        )
+
+    async def _run_child(
+        self, job: WorkerJob, executor: ChildProcessExecutor, request: ExecutionRequest
+    ) -> ExecutionResult:
         execution = executor.start(request)
         self.lc.record_worker(job, "running")
         try:
@@ -230,14 +256,7 @@ class WorkerRole:
                 )
                 if result is not None:
                     return result
-                await self.lc.send_quietly(
-                    job.client_peer,
-                    Heartbeat(
-                        job_id=offer.job_id, attempt=offer.attempt, phase="run", progress=0.5
-                    ),
-                    tries=1,
-                    limit_s=2.0,
-                )
+                await self._heartbeat(job, "run")
         finally:
             executor.cancel(execution)  # a no-op once done; kills the child if we are cancelled
 
