@@ -427,7 +427,17 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         help="run these parts only, merging into the existing results file",
     )
+    parser.add_argument(
+        "--settings",
+        default="{}",
+        help="lifecycle settings (JSON) for every node of the throughput networks, e.g. "
+        '\'{"open_max_wait_s": 2, "release_max_wait_s": 3}\'; results go under a key with '
+        "this suffix",
+    )
+    parser.add_argument("--tag", default="", help="suffix for the result keys of this run")
     args = parser.parse_args([] if argv is None else argv)
+    extra = json.loads(args.settings)
+    tag = f"_{args.tag}" if args.tag else ""
     rounds = 5 if args.quick else 20
     jobs = 40 if args.quick else 150
     tc_rounds, tc_seconds = (1, 10.0) if args.quick else (3, 30.0)
@@ -470,9 +480,9 @@ def main(argv: list[str] | None = None) -> None:
             return {"ok": True}
 
         def burst() -> dict[str, Any]:
-            with swarm(10, work / "burst") as s:  # fresh: a burst leaves its network banned
+            with swarm(10, work / "burst", extra) as s:  # fresh network
                 say(f"throughput: {jobs} noop jobs submitted at once")
-                return bench_throughput(s, jobs)
+                return {"lifecycle": extra, **bench_throughput(s, jobs)}
 
         def forty() -> dict[str, Any]:
             # Only noop advertised: 40 start-up fingerprint children importing PyAV and
@@ -484,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         if only & {"dispatch", "transcode", "window"}:
             part("network_10", ten)
         if "throughput" in only:
-            part("throughput_10", burst)
+            part("throughput_10" + tag, burst)
         if not args.skip_40 and "dispatch" in only:
             part("dispatch_40", forty)
     d10, d40 = results.get("dispatch_10", {}), results.get("dispatch_40", {})

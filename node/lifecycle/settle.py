@@ -66,9 +66,9 @@ class ReleaseBatcher:
             await self._wake.wait()
             self._wake = trio.Event()
             await trio.sleep(s.release_interval_s)  # pacing: let more verdicts join the batch
-            # while other attempts are still running, their verdicts may join too
-            await _gather(self, s.release_batch, s.release_max_wait_s, self._more_coming)
             while self.queue:
+                # while other attempts are still running, their verdicts may join too
+                await _gather(self, s.release_batch, s.release_max_wait_s, self._more_coming)
                 batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
                 await self._release(batch)
 
@@ -121,9 +121,9 @@ class OpenBatcher:
             await self._wake.wait()
             self._wake = trio.Event()
             await trio.sleep(s.open_interval_s)  # pacing (0 by default: natural batching)
-            # while other jobs are still collecting bids, they may join this open
-            await _gather(self, s.release_batch, s.open_max_wait_s, self._more_coming)
             while self.queue:
+                # while other jobs are still collecting bids, they may join this open
+                await _gather(self, s.release_batch, s.open_max_wait_s, self._more_coming)
                 batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
                 await self._open(batch)
 
