@@ -55,6 +55,19 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _idle_fraction(window_s: float) -> float:
+    """The share of all CPUs' time spent idle over the next `window_s` seconds."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    idle0, total0 = sample()
+    time.sleep(window_s)  # a measuring window, not synchronisation
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -161,11 +174,22 @@ def swarm(nodes: int, directory: Path, lifecycle: dict[str, Any] | None = None) 
             every=0.5,
         )
         say(f"{nodes}-node network up in {time.monotonic() - started:.1f} s; load {_load()}")
-        time.sleep(5.0)  # let start-up CPU (imports, staking transactions) die down
+        # let start-up CPU (imports, fingerprints, staking transactions) die down: wait for
+        # a 2 s window with the host at least half idle (bounded)
+        quiet_by = time.monotonic() + 180
+        while time.monotonic() < quiet_by and _idle_fraction(2.0) < 0.5:
+            pass
+        say(f"  host quiet enough (load {_load()})")
         yield s
+    except BaseException as exc:
+        say(f"  !! {nodes}-node network: {exc!r}")  # before `down` can mask it
+        raise
     finally:
         if (net / "testnet.json").exists():
-            down(net)
+            try:
+                down(net)
+            except Exception as exc:  # reported, and the run goes on
+                say(f"  !! tearing the {nodes}-node network down: {exc!r}")
             say(f"{nodes}-node network down")
 
 
@@ -178,10 +202,16 @@ def bench_dispatch(s: Swarm, rounds: int) -> dict[str, Any]:
     per_sample: list[dict[str, int]] = []
     load0 = _load()
     warmup: dict[str, Any] = {}
+    failures: list[dict[str, Any]] = []
     for i in range(-1, rounds):  # round -1: the network's first job, reported apart
         t0 = _now_ms()
         job = s.submit(NOOP)
-        st = s.settle(job, 60)
+        try:
+            st = s.settle(job, 60)
+        except (RuntimeError, AssertionError) as exc:  # recorded; the next round goes on
+            failures.append({"round": i, "job_id": job, "error": str(exc)[:200]})
+            say(f"  dispatch {i + 1}/{rounds}: {exc}")
+            continue
         (did,) = st["workers"]
         w_run = next(e for e in s.events(job, did) if e["state"] == "running")
         c_events = s.events(job)
@@ -214,12 +244,13 @@ def bench_dispatch(s: Swarm, rounds: int) -> dict[str, Any]:
     return {
         "measure": "submit (bench clock, before the control call) -> earliest worker-side "
         "'running' event (the worker's executor child has been started)",
-        "submit_to_worker_running_ms": _summary(worker_ms),
+        "submit_to_worker_running_ms": _summary(worker_ms) if worker_ms else None,
         "submit_to_client_running_ms": _summary(client_ms) if client_ms else None,
         "phases_p50_ms": {k: round(statistics.median(v), 1) for k, v in phases.items()},
         "samples_ms": worker_ms,
         "phases_per_sample_ms": per_sample,
         "first_job_after_start": warmup,
+        "failed_rounds": failures,
         "load_avg": [load0, _load()],
     }
 
@@ -498,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_40 and "dispatch" in only:
             part("dispatch_40", forty)
     d10, d40 = results.get("dispatch_10", {}), results.get("dispatch_40", {})
-    if "submit_to_worker_running_ms" in d10 and "submit_to_worker_running_ms" in d40:
+    if d10.get("submit_to_worker_running_ms") and d40.get("submit_to_worker_running_ms"):
         results["dispatch_40_over_10"] = round(
             d40["submit_to_worker_running_ms"]["p50"] / d10["submit_to_worker_running_ms"]["p50"],
             3,
