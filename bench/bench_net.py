@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,18 +69,19 @@ def _serve_negotiate() -> None:
 _JOB = b"\x12\x20" + bytes(32)
 
 
-async def _negotiate(rounds: int) -> dict[str, Any]:
+@asynccontextmanager
+async def _peer_in_child(*serve: str) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
+    """A node in a child process (`python -m bench.bench_net *serve`) and a light node here
+    connected to it; yields (the local node, the child's info line). Stops both."""
     from node.app import Node
     from node.config import NodeConfig
     from protocol.identity import Identity
-    from protocol.messages import Heartbeat
 
     child = subprocess.Popen(  # noqa: ASYNC220 (spawning returns at once; output read in a thread)
-        [sys.executable, "-m", "bench.bench_net", "--serve-negotiate"],
+        [sys.executable, "-m", "bench.bench_net", *serve],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
-    times: list[float] = []
     try:
         assert child.stdout is not None
         info = json.loads(await trio.to_thread.run_sync(child.stdout.readline))
@@ -88,17 +91,25 @@ async def _negotiate(rounds: int) -> dict[str, Any]:
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 await node.transport.connect(info["addr"])
-                for i in range(rounds + 50):
-                    env = node.seal(Heartbeat(job_id=_JOB, attempt=1, phase="run", progress=0.5))
-                    start = time.perf_counter()
-                    await node.request(info["peer_id"], env)
-                    if i >= 50:  # warm-up: stream set-up, caches
-                        times.append((time.perf_counter() - start) * 1000)
+                yield node, info
                 nursery.cancel_scope.cancel()
     finally:
         assert child.stdin is not None
         child.stdin.close()
         child.wait(30)
+
+
+async def _negotiate(rounds: int) -> dict[str, Any]:
+    from protocol.messages import Heartbeat
+
+    times: list[float] = []
+    async with _peer_in_child("--serve-negotiate") as (node, info):
+        for i in range(rounds + 50):
+            env = node.seal(Heartbeat(job_id=_JOB, attempt=1, phase="run", progress=0.5))
+            start = time.perf_counter()
+            await node.request(info["peer_id"], env)
+            if i >= 50:  # warm-up: stream set-up, caches
+                times.append((time.perf_counter() - start) * 1000)
     return {
         "round_trip_ms": _summary(times),
         "what": "two processes; signed request -> verified, handled, signed reply -> verified",
@@ -172,34 +183,10 @@ def _raw_tcp(size_mb: int) -> float:
 
 
 async def _blob(size_mb: int) -> dict[str, Any]:
-    from node.app import Node
-    from node.config import NodeConfig
-    from protocol.identity import Identity
-
-    child = subprocess.Popen(  # noqa: ASYNC220 (spawning returns at once; output read in a thread)
-        [sys.executable, "-m", "bench.bench_net", "--serve-blob", str(size_mb)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert child.stdout is not None
-        info = json.loads(await trio.to_thread.run_sync(child.stdout.readline))
-        cfg = NodeConfig().replace(light=True, network={"listen": [LOOPBACK], "dht": False})
-        with tempfile.TemporaryDirectory() as tmp:
-            node = Node(Identity.generate(), cfg, Path(tmp))
-            async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                await node.transport.connect(info["addr"])
-                start = time.perf_counter()
-                await node.blobs.fetch(
-                    info["peer_id"], bytes.fromhex(info["sha256"]), size_mb << 20
-                )
-                elapsed = time.perf_counter() - start
-                nursery.cancel_scope.cancel()
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()
-        child.wait(30)
+    async with _peer_in_child("--serve-blob", str(size_mb)) as (node, info):
+        start = time.perf_counter()
+        await node.blobs.fetch(info["peer_id"], bytes.fromhex(info["sha256"]), size_mb << 20)
+        elapsed = time.perf_counter() - start
     return {
         "size_mb": size_mb,
         "seconds": round(elapsed, 3),

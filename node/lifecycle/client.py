@@ -673,7 +673,7 @@ class ClientRole:
         info = data["attempts"].get(str(attempt))
         if info is not None:
             info[kind][did] = value
-            self.lc.node.store.put_job(job_id, role="client", state=rec.state, data=data)
+            self.lc.store_job(job_id, "client", rec.state, data)
 
     # ------------------------------------------------------------ verification
     async def _materialize(self, job_id: bytes, slot: WorkerSlot) -> Path:

@@ -16,6 +16,7 @@ from node.chain.client import EscrowClient
 from node.config import NodeConfig
 from node.lifecycle import ChainInfo, Lifecycle, LifecycleSettings
 from node.net.memory import MemoryHub
+from node.store import JobRecord
 from protocol.identity import Identity
 from tests.net.conftest import ident
 
@@ -156,14 +157,23 @@ async def memory_swarm(
         nursery.cancel_scope.cancel()
 
 
-async def wait_state(lc: Lifecycle, job_id: bytes, states: set[str], limit_s: float = 60) -> str:
-    """Wait until the job's record reaches one of `states` (polled: it is another task's)."""
+async def wait_record(
+    lc: Lifecycle, job_id: bytes, states: set[str], limit_s: float = 60
+) -> JobRecord:
+    """Wait until the job's record on `lc`'s node reaches one of `states`; every record
+    write goes through `Lifecycle.store_job`, which sets `jobs_changed`."""
     with trio.fail_after(limit_s):
         while True:
+            changed = lc.jobs_changed
             rec = lc.node.store.get_job(job_id)
             if rec is not None and rec.state in states:
-                return rec.state
-            await trio.sleep(0.05)
+                return rec
+            await changed.wait()
+
+
+async def wait_state(lc: Lifecycle, job_id: bytes, states: set[str], limit_s: float = 60) -> str:
+    """Wait until the job's record reaches one of `states`; return that state."""
+    return (await wait_record(lc, job_id, states, limit_s)).state
 
 
 def offering(lc: Lifecycle) -> int:
