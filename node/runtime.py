@@ -18,7 +18,7 @@ from protocol.envelope import envelope_hash
 from protocol.jobs import job_id_from_text, job_id_text
 from protocol.messages import JobEvent
 
-__all__ = ["register_control_commands", "run_foreground", "serve"]
+__all__ = ["register_control_commands", "run_foreground"]
 
 log = logging.getLogger("c0.runtime")
 
@@ -83,18 +83,6 @@ def register_control_commands(server: ControlServer, node: Node) -> None:
         server.register(fn.__name__, fn)
 
 
-async def serve(
-    node: Node, *, task_status: trio.TaskStatus[ControlServer] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Run a node and its control socket until cancelled."""
-    server = ControlServer(control_path(node.home, node.config.control.socket))
-    register_control_commands(server, node)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        await nursery.start(server.run)
-        task_status.started(server)
-
-
 async def _main(home: Path, config: NodeConfig, ready_line: bool) -> None:
     from node.lifecycle import Lifecycle
     from node.lifecycle.control import register_job_commands
@@ -105,10 +93,11 @@ async def _main(home: Path, config: NodeConfig, ready_line: bool) -> None:
     overrides = {"execute": False} if config.light else {}
     lifecycle = Lifecycle(node, load_settings(home, **overrides), load_chain(home))
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        server = ControlServer(control_path(node.home, node.config.control.socket))
+        register_control_commands(server, node)
+        register_job_commands(server, lifecycle)
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve, node)
-            register_job_commands(server, lifecycle)
-            await nursery.start(lifecycle.run)
+            await nursery.start(lifecycle.run_with_node, server.run)
             if ready_line:
                 addrs = " ".join(node.transport.listen_addrs())
                 print(f"c0 node {node.peer_id} listening on {addrs}", flush=True)

@@ -41,8 +41,7 @@ async def _run(
     node = Node(identity, config, home)
     lc = Lifecycle(node, load_settings(home, execute=False), chain)
     async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        await nursery.start(lc.run)
+        await nursery.start(lc.run_with_node)
         with trio.move_on_after(_DISCOVERY_S):
             while sum(1 for w in node.caps.values() if w.ad.prices) < int(request["redundancy"]):
                 await lc.wait_for_ads(_DISCOVERY_S)

@@ -96,6 +96,37 @@ class Lifecycle:
             node.update_ad(max_concurrent=settings.max_concurrent)
 
     # ------------------------------------------------------------ running
+    async def run_with_node(
+        self,
+        *services: Callable[..., Awaitable[Any]],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the node, this lifecycle and `services` (started with `nursery.start`) until
+        cancelled. Shutdown is ordered: the lifecycle and the services stop first, then the
+        node, which closes the store they write to (stopped together, a task resuming from
+        a chain call could write to a closed database)."""
+        node_done = trio.Event()
+
+        async def node_until_done(*, task_status: trio.TaskStatus[None]) -> None:
+            with trio.CancelScope(shield=True):  # stopped by node_done, not by our cancel
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.node.run)
+                    task_status.started()
+                    await node_done.wait()
+                    nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as outer:
+            await outer.start(node_until_done)
+            try:
+                async with trio.open_nursery() as inner:
+                    await inner.start(self.run)
+                    for service in services:
+                        await inner.start(service)
+                    task_status.started()
+                    await trio.sleep_forever()  # until cancelled
+            finally:
+                node_done.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery

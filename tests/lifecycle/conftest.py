@@ -94,8 +94,7 @@ async def _run(
     try:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                await nursery.start(lc.run)
+                await nursery.start(lc.run_with_node)
                 task_status.started(scope)
     finally:
         stopped.set()
