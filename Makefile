@@ -1,6 +1,7 @@
 # c0 — every target sets itself up from the project's own files on a fresh clone.
 PY      := .venv/bin/python
 VENV_OK := .venv/.installed
+SPEEDUPS := .venv/.speedups
 ANVIL   := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
@@ -16,7 +17,12 @@ $(VENV_OK): requirements.lock pyproject.toml
 	.venv/bin/uv pip install --python $(PY) --quiet --no-deps -e .
 	touch $(VENV_OK)
 
-venv: $(VENV_OK)
+# The mypyc build of the CBOR codec (protocol/cbor_impl.py), rebuilt when it changes.
+$(SPEEDUPS): $(VENV_OK) protocol/cbor_impl.py protocol/cbor_types.py protocol/errors.py tools/build_speedups.py
+	$(PY) tools/build_speedups.py
+	touch $(SPEEDUPS)
+
+venv: $(VENV_OK) $(SPEEDUPS)
 
 $(ANVIL): tools/package.json tools/package-lock.json
 	mkdir -p .tools
@@ -27,20 +33,21 @@ $(ANVIL): tools/package.json tools/package-lock.json
 tools: $(ANVIL)
 
 lint: $(VENV_OK)
-	.venv/bin/ruff check protocol node testnet tests bench
-	.venv/bin/ruff format --check protocol node testnet tests bench
+	.venv/bin/ruff check protocol node testnet tests bench tools
+	.venv/bin/ruff format --check protocol node testnet tests bench tools
 	.venv/bin/mypy --strict protocol
 
-test: $(VENV_OK) $(ANVIL) lint
+test: $(VENV_OK) $(SPEEDUPS) $(ANVIL) lint
+	$(PY) tools/build_speedups.py --check
 	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m pytest -q
 
-test-fast: $(VENV_OK)
+test-fast: $(VENV_OK) $(SPEEDUPS)
 	$(PY) -m pytest -q -m "not slow"
 
-demo: $(VENV_OK) $(ANVIL)
+demo: $(VENV_OK) $(SPEEDUPS) $(ANVIL)
 	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m testnet.demo
 
-bench: $(VENV_OK) $(ANVIL)
+bench: $(VENV_OK) $(SPEEDUPS) $(ANVIL)
 	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m bench
 
 clean:

@@ -40,6 +40,7 @@ MAX_CLOCK_SKEW_MS = 30_000
 NONCE_SIZE = 16
 _PAYLOAD_KEYS = frozenset({"type", "version", "sender", "nonce", "created", "expires", "body"})
 _PAYLOAD_LIMITS = codec.DecodeLimits(max_size=MAX_ENVELOPE_SIZE, allowed_tags=frozenset())
+_KEEP_ENCODED = frozenset({"spec"})
 _OUTER_LIMITS = codec.DecodeLimits(max_size=MAX_ENVELOPE_SIZE, max_depth=3, max_items=8)
 
 
@@ -111,8 +112,32 @@ def _protected_header(did: str) -> bytes:
     return codec.encode({_HDR_ALG: ALG_EDDSA, _HDR_KID: did.encode("utf-8")})
 
 
+_SIG1_PREFIX = codec.encode(["Signature1", b"", b"", b""])[:-3]  # array head + context
+
+
+def _bstr_head(size: int) -> bytes:
+    """The CBOR head of a byte string of `size` bytes (envelopes stay under 2**32)."""
+    if size < 24:
+        return bytes((0x40 | size,))
+    if size <= 0xFF:
+        return bytes((0x58, size))
+    if size <= 0xFFFF:
+        return b"\x59" + size.to_bytes(2, "big")
+    return b"\x5a" + size.to_bytes(4, "big")
+
+
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:
-    return codec.encode(["Signature1", protected, b"", payload])
+    """codec.encode(["Signature1", protected, b"", payload]), built without a walk."""
+    return b"".join(
+        (
+            _SIG1_PREFIX,
+            _bstr_head(len(protected)),
+            protected,
+            b"\x40",
+            _bstr_head(len(payload)),
+            payload,
+        )
+    )
 
 
 def seal(
@@ -209,7 +234,8 @@ def open_envelope(
     if not verify_signature(kid, _sig_structure(protected_raw, payload), signature):
         raise PeerProtocolError("bad_signature", "Ed25519 signature does not verify")
     # 6. canonical payload
-    body_map = codec.decode(payload, _PAYLOAD_LIMITS)
+    # `spec` maps keep their bytes, so a job spec's ID hashes what was signed.
+    body_map = codec.decode(payload, _PAYLOAD_LIMITS, keep_encoded=_KEEP_ENCODED)
     if not isinstance(body_map, dict) or set(body_map) != _PAYLOAD_KEYS:
         raise PeerProtocolError("malformed", f"payload must have exactly {sorted(_PAYLOAD_KEYS)}")
     # 7. message type, version and fields

@@ -286,6 +286,21 @@ class InputRef:
 _DID_KEY_PREFIX = "did:key:z"
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (so 1, 1.0 and True differ).
+
+    Only plain dicts and lists are walked; anything else of another type is "not the
+    same", which only costs the caller an encoding."""
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is dict:
+        return bool(a.keys() == b.keys()) and all(_same(v, b[k]) for k, v in a.items())
+    if kind is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """The immutable definition of a job; its canonical CBOR hash is the job ID.
@@ -348,18 +363,38 @@ class JobSpec:
             if not isinstance(ref, Mapping) or set(ref) != {"sha256", "size"}:
                 raise InvalidJobSpec(f"input {name!r} must be {{sha256, size}}")
             refs[name] = InputRef(ref["sha256"], ref["size"])
-        return cls(
+        spec = cls(
             obj["job_class"], obj["params"], refs, obj["client"], obj["nonce"], obj["limits"]
         )
+        # Received bytes (codec.EncodedMap) are exactly encode(obj): the strict decoder
+        # accepts nothing else. When construction changed nothing (no default filled in,
+        # no int widened to float), they are this spec's canonical form as well, and the
+        # job ID can hash them instead of encoding the spec again.
+        if (
+            isinstance(obj, codec.EncodedMap)
+            and _same(spec.params, obj["params"])
+            and _same(spec.limits, obj["limits"])
+        ):
+            object.__setattr__(spec, "_canonical", obj.encoded)
+        return spec
 
     @property
     def canonical(self) -> bytes:
-        return codec.encode(self.to_cbor())
+        """The deterministic CBOR of `to_cbor()`; computed once (the spec is immutable)."""
+        cached: bytes | None = self.__dict__.get("_canonical")
+        if cached is None:
+            cached = codec.encode(self.to_cbor())
+            object.__setattr__(self, "_canonical", cached)
+        return cached
 
     @property
     def job_id(self) -> bytes:
         """SHA-256 multihash (0x12 0x20 + digest) of the canonical job spec."""
-        return _SHA256_MULTIHASH_PREFIX + hashlib.sha256(self.canonical).digest()
+        cached: bytes | None = self.__dict__.get("_job_id")
+        if cached is None:
+            cached = _SHA256_MULTIHASH_PREFIX + hashlib.sha256(self.canonical).digest()
+            object.__setattr__(self, "_job_id", cached)
+        return cached
 
     @property
     def job_id_text(self) -> str:

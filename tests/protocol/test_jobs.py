@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocol import codec
 from protocol.errors import InvalidJobSpec
 from protocol.jobs import (
     JOB_CLASSES,
@@ -91,6 +92,35 @@ def test_job_spec_cbor_round_trip_and_input_rules() -> None:
         JobSpec("noop", {}, {}, "alice", b"n" * 16)
     with pytest.raises(InvalidJobSpec, match="limit"):
         JobSpec("noop", {}, {}, CLIENT, b"n" * 16, {"timeout_s": 10**9})
+
+
+@pytest.mark.parametrize(
+    ("params", "limits", "hashes_received_bytes"),
+    [
+        ({"prompt": "hi"}, {}, False),  # defaults filled in on construction
+        ("normalized", "normalized", True),  # exactly what a node sends
+        ("widen", "normalized", False),  # temperature 0 (int) becomes 0.0
+    ],
+)
+def test_job_id_of_a_received_spec(params: Any, limits: Any, hashes_received_bytes: bool) -> None:
+    # A spec decoded with its bytes (codec.EncodedMap) hashes them only when building it
+    # changed nothing; either way its ID is the hash of its own canonical encoding.
+    base = JobSpec("llm.generate", {"prompt": "hi"}, {"model": SRC}, CLIENT, b"n" * 16)
+    wire = base.to_cbor()
+    wire["params"] = {"prompt": "hi"} if params != "normalized" else dict(base.params)
+    if params == "widen":
+        wire["params"] = {**base.params, "temperature": 0}
+    wire["limits"] = {} if limits != "normalized" else dict(base.limits)
+    data = codec.encode({"spec": wire})
+    received = codec.decode(data, keep_encoded=frozenset({"spec"}))["spec"]
+    assert isinstance(received, codec.EncodedMap)
+    spec = JobSpec.from_cbor(received)
+    assert spec == base
+    assert spec.canonical == codec.encode(spec.to_cbor()) == base.canonical
+    assert spec.job_id == base.job_id
+    assert (spec.canonical is received.encoded) == hashes_received_bytes
+    if not hashes_received_bytes:
+        assert received.encoded != base.canonical
 
 
 def test_template_binding() -> None:
