@@ -388,7 +388,8 @@ def _gas(settled: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ transcode
 def _local_transcode(source: Path, out: Path) -> float:
-    from node.executors import ChildProcessExecutor, ExecutionRequest
+    from node.executors import ExecutionRequest
+    from node.executors.registry import EXECUTORS
     from protocol.identity import Identity
     from protocol.jobs import InputRef, JobTemplate
 
@@ -398,7 +399,8 @@ def _local_transcode(source: Path, out: Path) -> float:
     )
     out.mkdir(parents=True)
     started = time.perf_counter()
-    result = ChildProcessExecutor(spec.job_class).run(
+    # The executor a worker runs (its child forked from the fork server, as in the swarm).
+    result = EXECUTORS[spec.job_class].run(
         ExecutionRequest(spec, inputs={"source": source}, output_dir=out)
     )
     elapsed = time.perf_counter() - started

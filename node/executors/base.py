@@ -21,6 +21,7 @@ from typing import Any
 
 import node
 from node.executors.errors import FAILURES, ExecutorError, exit_code_for
+from node.executors.forkserver import ForkedChild, ForkServer
 from node.executors.manifest import MANIFEST_NAME, artifact_entry, build_manifest, write_manifest
 from node.executors.sandbox import ARTIFACT_NAME, child_environment
 from protocol.errors import UserError
@@ -29,6 +30,7 @@ from protocol.jobs import JobSpec
 __all__ = ["ChildProcessExecutor", "Execution", "ExecutionRequest", "ExecutionResult", "Executor"]
 
 SCRATCH_NAME = ".tmp"
+_EXIT_WAIT_S = 60.0
 _STDERR_TAIL = 16 * 1024
 _OOM_HINTS = (
     "bad_alloc",
@@ -91,7 +93,7 @@ class Execution:
     done: threading.Event = field(default_factory=threading.Event)
     ready_at: float | None = None
     result: ExecutionResult | None = None
-    _proc: subprocess.Popen[bytes] | None = None
+    _proc: subprocess.Popen[bytes] | ForkedChild | None = None
     _stop_reason: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -153,9 +155,14 @@ class ChildProcessExecutor(Executor):
         *,
         python: str = sys.executable,
         withheld_encoders: frozenset[str] = frozenset(),
+        fork_server: ForkServer | None = None,
     ) -> None:
         self.job_class = job_class
         self.python = python
+        # With a fork server, each job's child is forked from one pre-started interpreter
+        # (node/executors/forkserver.py) instead of started fresh: the same child, ~40 ms
+        # and ~80 ms of CPU sooner. Without one (or if it fails), a fresh interpreter.
+        self.fork_server = fork_server
         # Encoders this worker will not offer even though PyAV has them (an operator's
         # choice, e.g. for codec licensing); jobs asking for them: unsupported_parameter.
         self.withheld_encoders = withheld_encoders
@@ -181,18 +188,25 @@ class ChildProcessExecutor(Executor):
         env = child_environment(
             os.environ, threads=child_request["threads"], scratch=scratch.resolve()
         )
-        env["PYTHONPATH"] = str(Path(node.__file__).resolve().parent.parent)
-        argv = [self.python, "-P", "-X", "faulthandler", "-m", "node.executors.child"]
-        execution._proc = subprocess.Popen(  # a fixed argv, never a shell
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=out,
-            env=env,
-            start_new_session=True,  # its own process group, killed as one
-            close_fds=True,
-        )
+        execution._proc = None
+        if self.fork_server is not None:
+            try:
+                execution._proc = self.fork_server.spawn(child_request, env=env, cwd=out)
+            except OSError:
+                execution._proc = None  # the fork server is unusable: start one fresh
+        if execution._proc is None:
+            env["PYTHONPATH"] = str(Path(node.__file__).resolve().parent.parent)
+            argv = [self.python, "-P", "-X", "faulthandler", "-m", "node.executors.child"]
+            execution._proc = subprocess.Popen(  # a fixed argv, never a shell
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=out,
+                env=env,
+                start_new_session=True,  # its own process group, killed as one
+                close_fds=True,
+            )
         thread = threading.Thread(
             target=self._monitor,
             args=(execution, json.dumps(child_request).encode()),
@@ -257,12 +271,15 @@ class ChildProcessExecutor(Executor):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
-                pass
+                # A forked child may not have made its own group yet: kill it alone.
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _monitor(self, execution: Execution, request_bytes: bytes) -> None:
         proc = execution._proc
         assert proc is not None
-        assert proc.stdin is not None
         assert proc.stdout is not None
         assert proc.stderr is not None
         timeout_s = float(json.loads(request_bytes)["limits"]["timeout_s"])
@@ -271,11 +288,12 @@ class ChildProcessExecutor(Executor):
         stderr: deque[bytes] = deque()
         stderr_size = 0
         try:
-            try:
-                proc.stdin.write(request_bytes)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
+            if proc.stdin is not None:  # a fresh interpreter reads its request on stdin
+                try:
+                    proc.stdin.write(request_bytes)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
             with selectors.DefaultSelector() as sel:
                 sel.register(proc.stdout, selectors.EVENT_READ, "report")
                 sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
@@ -298,7 +316,7 @@ class ChildProcessExecutor(Executor):
                             stderr_size += len(data)
                             while stderr_size - len(stderr[0]) > _STDERR_TAIL:
                                 stderr_size -= len(stderr.popleft())
-            proc.wait()
+            proc.wait(_EXIT_WAIT_S)  # both pipes closed: the child has exited or is exiting
             proc.stdout.close()
             proc.stderr.close()
             ended = time.monotonic()
@@ -375,6 +393,8 @@ class ChildProcessExecutor(Executor):
     ) -> tuple[str, str] | None:
         timeout_s = execution.request.timeout_s or execution.request.spec.limits["timeout_s"]
         reason = execution._stop_reason
+        if isinstance(execution._proc, ForkedChild) and execution._proc.lost and reason is None:
+            return "internal_error", "the worker's fork server died while the job ran"
         if reason == "timeout":
             return "timeout", f"wall-clock limit of {timeout_s:g} s reached; job killed"
         if reason == "cancelled":

@@ -1,6 +1,7 @@
 """The job child process: `python -m node.executors.child`, request on stdin, report on stdout.
 
-Protocol: the parent writes one JSON request and closes stdin. The child applies its
+Protocol: the parent writes one JSON request and closes stdin (or the fork server hands
+the request to a forked child, which calls `run_job` directly). The child applies its
 limits, writes `{"ready": ...}` as the first report line, runs the job class's task in its
 working directory (the output folder), then writes `{"done": ...}` or `{"failed": ...}`.
 Libraries that print to stdout are redirected to stderr first, so the report stays clean.
@@ -34,8 +35,16 @@ def _usage(started_cpu: float) -> dict[str, Any]:
 def main() -> int:
     channel = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
-    sys.stdout = sys.stderr
     request = json.loads(sys.stdin.buffer.read())
+    return run_job(request, channel)
+
+
+def run_job(request: dict[str, Any], channel: IO[str]) -> int:
+    """Apply the limits, report ready, run the task, report the outcome; the exit code.
+
+    Called in a fresh interpreter (`main`) or in a child forked by the fork server
+    (node/executors/forkserver.py), with fd 1 already pointing at stderr."""
+    sys.stdout = sys.stderr
 
     from node.executors.errors import ExecutorError
     from node.executors.sandbox import OutputFolder, apply_limits, near_memory_limit

@@ -15,6 +15,7 @@ import trio
 
 from node.app import now_ms
 from node.executors import ChildProcessExecutor, ExecutionRequest, ExecutionResult
+from node.executors.registry import FORK_SERVER
 from node.lifecycle.escrow import terms_from_json, terms_on_chain
 from node.lifecycle.faults import tamper_result
 from protocol.envelope import SignedMessage
@@ -222,7 +223,8 @@ class WorkerRole:
         if out.exists():
             shutil.rmtree(out)  # a restarted attempt starts clean
         out.mkdir(parents=True)
-        executor = ChildProcessExecutor(offer.spec.job_class)
+        # The child is forked from this worker's fork server (a fresh interpreter if none).
+        executor = ChildProcessExecutor(offer.spec.job_class, fork_server=FORK_SERVER)
         request = ExecutionRequest(offer.spec, inputs, out, attempt=offer.attempt)
         # at most max_concurrent executor children at once; a queued job keeps heartbeating
         while True:

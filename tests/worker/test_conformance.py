@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from node.executors import EXECUTORS, FAILURES, MANIFEST_NAME, ExecutionRequest
+from node.executors.base import ChildProcessExecutor, Executor
 from protocol import codec
 from protocol.errors import UserError
 from protocol.jobs import JOB_CLASSES
@@ -34,6 +36,16 @@ def test_every_job_class_has_an_executor_and_a_case() -> None:
     assert set(EXECUTORS) == set(JOB_CLASSES) == set(VALID_JOBS)
 
 
+FRESH: Mapping[str, Executor] = {name: ChildProcessExecutor(name) for name in EXECUTORS}
+
+
+@pytest.fixture(params=["forked", "fresh"])
+def executors(request: pytest.FixtureRequest) -> Mapping[str, Executor]:
+    """Every test on both ways of starting a job's child: forked from the worker's fork
+    server (the default, EXECUTORS) and a fresh interpreter per job."""
+    return EXECUTORS if request.param == "forked" else FRESH
+
+
 @pytest.fixture(params=sorted(VALID_JOBS))
 def job(request: pytest.FixtureRequest, make_spec: Any) -> tuple[Any, dict[str, Path]]:
     params, input_fixtures = VALID_JOBS[request.param]
@@ -41,11 +53,13 @@ def job(request: pytest.FixtureRequest, make_spec: Any) -> tuple[Any, dict[str, 
     return make_spec(request.param, params, inputs), inputs
 
 
-def test_run_writes_a_complete_manifest(job: Any, tmp_path: Path) -> None:
+def test_run_writes_a_complete_manifest(
+    job: Any, tmp_path: Path, executors: Mapping[str, Executor]
+) -> None:
     spec, inputs = job
     before = listing(tmp_path)
     out = tmp_path / "out"
-    result = EXECUTORS[spec.job_class].run(ExecutionRequest(spec, inputs, out))
+    result = executors[spec.job_class].run(ExecutionRequest(spec, inputs, out))
     manifest = result.manifest
     assert result.ok, manifest["error"]
     assert manifest["exit_code"] == 0
@@ -67,9 +81,11 @@ def test_run_writes_a_complete_manifest(job: Any, tmp_path: Path) -> None:
     assert listing(tmp_path) - before == {"out", *(f"out/{n}" for n in [*names, MANIFEST_NAME])}
 
 
-def test_wait_returns_the_same_result_every_time(job: Any, tmp_path: Path) -> None:
+def test_wait_returns_the_same_result_every_time(
+    job: Any, tmp_path: Path, executors: Mapping[str, Executor]
+) -> None:
     spec, inputs = job
-    executor = EXECUTORS[spec.job_class]
+    executor = executors[spec.job_class]
     execution = executor.start(ExecutionRequest(spec, inputs, tmp_path / "out"))
     first = executor.wait(execution)
     assert first is not None
@@ -79,9 +95,9 @@ def test_wait_returns_the_same_result_every_time(job: Any, tmp_path: Path) -> No
     assert first.ok
 
 
-def test_cancel_stops_the_job(job: Any, tmp_path: Path) -> None:
+def test_cancel_stops_the_job(job: Any, tmp_path: Path, executors: Mapping[str, Executor]) -> None:
     spec, inputs = job
-    executor = EXECUTORS[spec.job_class]
+    executor = executors[spec.job_class]
     out = tmp_path / "out"
     execution = executor.start(ExecutionRequest(spec, inputs, out))
     executor.cancel(execution)
@@ -93,18 +109,22 @@ def test_cancel_stops_the_job(job: Any, tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == [MANIFEST_NAME]
 
 
-def test_wall_clock_timeout_kills_the_child(job: Any, tmp_path: Path) -> None:
+def test_wall_clock_timeout_kills_the_child(
+    job: Any, tmp_path: Path, executors: Mapping[str, Executor]
+) -> None:
     spec, inputs = job
     out = tmp_path / "out"
     started = time.monotonic()
-    result = EXECUTORS[spec.job_class].run(ExecutionRequest(spec, inputs, out, timeout_s=0.01))
+    result = executors[spec.job_class].run(ExecutionRequest(spec, inputs, out, timeout_s=0.01))
     assert result.error_code == "timeout"
     assert result.manifest["artifacts"] == []
     assert time.monotonic() - started < 10
     assert [p.name for p in out.iterdir()] == [MANIFEST_NAME]
 
 
-def test_missing_or_resized_input_fails_without_a_child(job: Any, tmp_path: Path) -> None:
+def test_missing_or_resized_input_fails_without_a_child(
+    job: Any, tmp_path: Path, executors: Mapping[str, Executor]
+) -> None:
     spec, inputs = job
     if not inputs:
         pytest.skip("this job class has no inputs")
@@ -112,20 +132,20 @@ def test_missing_or_resized_input_fails_without_a_child(job: Any, tmp_path: Path
     short = tmp_path / "short"
     short.write_bytes(inputs[name].read_bytes()[:-1])
     for i, files in enumerate(({}, {name: short})):
-        result = EXECUTORS[spec.job_class].run(ExecutionRequest(spec, files, tmp_path / f"o{i}"))
+        result = executors[spec.job_class].run(ExecutionRequest(spec, files, tmp_path / f"o{i}"))
         assert result.error_code == "invalid_input"
         assert result.exit_code == FAILURES["invalid_input"].exit_code
         assert "startup_ms" not in result.manifest["metrics"]
 
 
-def test_misuse_raises(job: Any, tmp_path: Path) -> None:
+def test_misuse_raises(job: Any, tmp_path: Path, executors: Mapping[str, Executor]) -> None:
     spec, inputs = job
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "something").write_text("x")
     with pytest.raises(UserError, match="not an empty folder"):
-        EXECUTORS[spec.job_class].start(ExecutionRequest(spec, inputs, busy))
+        executors[spec.job_class].start(ExecutionRequest(spec, inputs, busy))
     other = next(name for name in EXECUTORS if name != spec.job_class)
     with pytest.raises(ValueError, match="executor given a"):
-        EXECUTORS[other].start(ExecutionRequest(spec, inputs, tmp_path / "x"))
+        executors[other].start(ExecutionRequest(spec, inputs, tmp_path / "x"))
     assert not (tmp_path / "x").exists()

@@ -1,0 +1,395 @@
+"""A fork server for job children: one pre-started interpreter that forks a child per job.
+
+Starting a fresh `python -m node.executors.child` costs ~45 ms of wall time and ~80 ms of
+CPU per job (interpreter start-up and imports), which dominates short jobs. The fork
+server is started once per worker (`python -m node.executors.forkserver FD`), imports
+the child-side modules, and then, for each job the parent sends, forks a child that
+becomes exactly what the fresh interpreter would have been:
+
+- its own session and process group (the parent kills the group, as before);
+- stdin from /dev/null, the report pipe and the stderr pipe handed over by the parent
+  (SCM_RIGHTS), stdout redirected to stderr;
+- the job's minimal environment (`child_environment`) and its output folder as working
+  directory;
+- then `node.executors.child.run_job`: limits, ready line, the task, the report.
+
+The server imports PyAV but no library whose thread pool reads the environment on load
+(llama.cpp, numpy), so a child still gets its own thread settings (OMP_NUM_THREADS, …). It is
+single-threaded, so forking it is safe. It reaps its children and reports each exit
+status (as `Popen.returncode` would give it) back to the parent, and it exits — killing
+any children left — when the parent closes the socket.
+
+Wire format on the Unix stream socket, both ways: a 4-byte big-endian length, then that
+many bytes of JSON. A job request carries exactly two file descriptors with its first
+byte: [report pipe write end, stderr pipe write end].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import node
+
+__all__ = ["ForkServer", "ForkedChild"]
+
+_HEADER = struct.Struct(">I")
+_MAX_MESSAGE = 4 << 20
+
+
+def _send(sock: socket.socket, item: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(item).encode()
+    frame = _HEADER.pack(len(data)) + data
+    if fds:
+        sent = socket.send_fds(sock, [frame], fds)
+        frame = frame[sent:]
+    if frame:
+        sock.sendall(frame)
+
+
+def _recv_exact(sock: socket.socket, size: int, first: bytes = b"") -> bytes | None:
+    buf = bytearray(first)
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket, with_fds: bool = False) -> tuple[dict[str, Any], list[int]] | None:
+    """One message and the descriptors that came with it; None at end of stream."""
+    fds: list[int] = []
+    if with_fds:
+        head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 4)
+        if not head:
+            return None
+        head = _recv_exact(sock, _HEADER.size, head)
+    else:
+        head = _recv_exact(sock, _HEADER.size)
+    if head is None:
+        return None
+    (size,) = _HEADER.unpack(head)
+    if size > _MAX_MESSAGE:
+        raise ValueError(f"fork server message of {size} bytes")
+    body = _recv_exact(sock, size)
+    if body is None:
+        return None
+    item = json.loads(body)
+    if not isinstance(item, dict):
+        raise ValueError("fork server message is not an object")
+    return item, fds
+
+
+# ---------------------------------------------------------------- parent side
+
+
+@dataclass(eq=False)
+class ForkedChild:
+    """A job child forked by the server: the parts of `subprocess.Popen` the executor uses."""
+
+    server: ForkServer
+    pid: int
+    stdout: Any  # the report pipe, read end (a binary file object)
+    stderr: Any
+    stdin: None = None
+    returncode: int | None = None
+    lost: bool = False  # the server died while this child ran; the parent killed it
+    _exited: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status (negative: killed by that signal), as Popen.wait gives it."""
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"job child {self.pid}", timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+
+class ForkServer:
+    """The parent's handle on one fork server; thread-safe, started on first use and
+    started again if it dies (the jobs it had running then end as internal errors)."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._next_token = 0
+        self._pending: dict[int, tuple[threading.Event, list[int]]] = {}
+        self._children: dict[int, ForkedChild] = {}
+        self._early_exits: dict[int, int] = {}
+
+    def spawn(self, request: dict[str, Any], *, env: dict[str, str], cwd: Path) -> ForkedChild:
+        """Fork a job child running `request`; raise OSError if the server is unusable."""
+        report_r, report_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        try:
+            with self._lock:
+                sock = self._ensure_started()
+                token = self._next_token
+                self._next_token += 1
+                done = threading.Event()
+                reply: list[int] = []
+                self._pending[token] = (done, reply)
+                _send(
+                    sock,
+                    {"token": token, "request": request, "env": env, "cwd": str(cwd)},
+                    [report_w, stderr_w],
+                )
+        except BaseException:
+            for fd in (report_r, stderr_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(report_w)
+            os.close(stderr_w)
+        if not done.wait(30.0) or not reply or reply[0] <= 0:
+            os.close(report_r)
+            os.close(stderr_r)
+            raise OSError("the fork server did not fork the job child")
+        child = ForkedChild(
+            self, reply[0], os.fdopen(report_r, "rb", 0), os.fdopen(stderr_r, "rb", 0)
+        )
+        with self._lock:
+            self._children[child.pid] = child
+            status = self._early_exits.pop(child.pid, None)
+        if status is not None:
+            self._exit(child, status)
+        return child
+
+    def start(self) -> None:
+        """Start the server now rather than on the first job (a worker warming up)."""
+        with self._lock:
+            self._ensure_started()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process ID while it runs."""
+        proc = self._proc
+        return None if proc is None or proc.poll() is not None else proc.pid
+
+    def close(self) -> None:
+        """Stop the server (it kills any children still running)."""
+        with self._lock:
+            sock, proc = self._sock, self._proc
+            self._sock = self._proc = None
+        if sock is not None:
+            # shutdown, not just close: it wakes the reply reader blocked on this socket,
+            # and the server sees end of stream even while that read holds the socket.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        if proc is not None:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # ------------------------------------------------------------------ internals
+
+    def _ensure_started(self) -> socket.socket:
+        if self._sock is not None and self._proc is not None and self._proc.poll() is None:
+            return self._sock
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ}
+        env["PYTHONPATH"] = str(Path(node.__file__).resolve().parent.parent)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONNOUSERSITE"] = "1"
+        argv = [self.python, "-P", "-X", "faulthandler", "-m", "node.executors.forkserver"]
+        try:
+            self._proc = subprocess.Popen(  # a fixed argv, never a shell
+                [*argv, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                env=env,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+        threading.Thread(
+            target=self._read_replies, args=(ours, self._proc), name="forkserver", daemon=True
+        ).start()
+        return ours
+
+    def _read_replies(self, sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            while True:
+                message = _recv(sock)
+                if message is None:
+                    break
+                item = message[0]
+                if "pid" in item:
+                    with self._lock:
+                        waiter = self._pending.pop(int(item["token"]), None)
+                    if waiter is not None:
+                        waiter[1].append(int(item["pid"]))
+                        waiter[0].set()
+                elif "exit" in item:
+                    pid, status = int(item["exit"]), int(item["status"])
+                    with self._lock:
+                        child = self._children.pop(pid, None)
+                        if child is None:
+                            self._early_exits[pid] = status
+                    if child is not None:
+                        self._exit(child, status)
+        except (OSError, ValueError):
+            pass
+        # The server is gone: nobody will report on its children any more.
+        proc.wait()
+        with self._lock:
+            if self._proc is proc:
+                self._sock = self._proc = None
+            pending, self._pending = self._pending, {}
+            children, self._children = self._children, {}
+        for done, _reply in pending.values():
+            done.set()
+        for child in children.values():
+            # Nobody would reap or report on it now: kill it and say why.
+            child.lost = True
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(child.pid, signal.SIGKILL)
+                    break
+                except OSError:
+                    continue
+            self._exit(child, -signal.SIGKILL)
+
+    @staticmethod
+    def _exit(child: ForkedChild, status: int) -> None:
+        child.returncode = status
+        child._exited.set()
+
+
+# ---------------------------------------------------------------- server side
+
+
+def _run_child(item: dict[str, Any], report_w: int, stderr_w: int) -> int:
+    """In the forked child: become the job's process, then run it."""
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stderr_w, 1)
+    os.dup2(stderr_w, 2)
+    for fd in (devnull, stderr_w):
+        if fd > 2:
+            os.close(fd)
+    os.chdir(item["cwd"])
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in item["env"].items()})
+    import tempfile
+
+    tempfile.tempdir = None  # TMPDIR is the job's own scratch folder now
+    from node.executors.child import run_job
+
+    channel = os.fdopen(report_w, "w", encoding="utf-8")
+    return run_job(item["request"], channel)
+
+
+def _serve(sock: socket.socket) -> None:
+    children: set[int] = set()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wake the loop; reaped below
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            children.discard(pid)
+            _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+
+    try:
+        while True:
+            ready, _, _ = select.select([sock, wake_r], [], [])
+            if wake_r in ready:
+                os.read(wake_r, 4096)
+                reap()
+            if sock not in ready:
+                continue
+            message = _recv(sock, with_fds=True)
+            if message is None:
+                break
+            item, fds = message
+            if len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                _send(sock, {"token": item.get("token"), "pid": 0})
+                continue
+            report_w, stderr_w = fds
+            pid = os.fork()
+            if pid == 0:  # the job child: never returns into this loop
+                code = 70
+                try:
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    sock.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    code = _run_child(item, report_w, stderr_w)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    sys.stderr.flush()
+                    os._exit(code)
+            os.close(report_w)
+            os.close(stderr_w)
+            children.add(pid)
+            _send(sock, {"token": item["token"], "pid": pid})
+            reap()
+    finally:
+        for pid in children:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def main() -> int:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    # What every job child needs, imported once here. PyAV too (~80 ms a media job would
+    # spend importing it): FFmpeg takes its thread counts per codec context, not from the
+    # environment, and starts no thread on import. Never llama.cpp or numpy: their
+    # OpenMP/BLAS runtimes read OMP_NUM_THREADS once, when loaded.
+    import node.executors.child
+    import node.executors.errors
+    import node.executors.sandbox
+    import node.executors.tasks  # noqa: F401
+
+    try:
+        import av  # noqa: F401
+    except ImportError:  # a worker without PyAV still runs its other job classes
+        pass
+
+    try:
+        _serve(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The fork server (node/executors/forkserver.py): forked job children behave like fresh
+ones, and a server that dies or is closed leaves no child behind and no job hanging.
+The Executor contract itself runs on both kinds of child in test_conformance.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.executors import MANIFEST_NAME, ExecutionRequest
+from node.executors.base import ChildProcessExecutor
+from node.executors.forkserver import ForkedChild, ForkServer
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_until(cond: Any, limit_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)  # polling a process table, bounded
+    return bool(cond())
+
+
+@pytest.fixture
+def server() -> Any:
+    srv = ForkServer()
+    yield srv
+    srv.close()
+
+
+def test_forked_child_is_its_own_group_in_its_folder_under_its_limits(
+    server: ForkServer, make_spec: Any, tmp_path: Path
+) -> None:
+    executor = ChildProcessExecutor("noop", fork_server=server)
+    spec = make_spec("noop", {"payload": "hello", "duration_ms": 300})
+    out = tmp_path / "out"
+    execution = executor.start(ExecutionRequest(spec, {}, out))
+    proc = execution._proc
+    assert isinstance(proc, ForkedChild)
+    assert execution.ready.wait(10)
+    assert os.getpgid(proc.pid) == proc.pid  # its own process group, killed as one
+    assert os.getsid(proc.pid) == proc.pid
+    assert Path(f"/proc/{proc.pid}/cwd").resolve() == out.resolve()
+    # Its limits are applied in the child (the job's environment is set with putenv,
+    # which /proc does not show; the conformance suite runs every job class forked).
+    limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    address_space = next(line for line in limits.splitlines() if "address space" in line)
+    assert str(spec.limits["memory_mb"] << 20) in address_space.split()
+    result = executor.wait(execution, timeout=30)
+    assert result is not None
+    assert result.ok, result.manifest["error"]
+    assert (out / "payload.txt").read_text() == "hello"
+    assert proc.returncode == 0
+
+
+def test_a_crashing_child_is_reported_like_a_fresh_one(
+    server: ForkServer, make_spec: Any, tmp_path: Path
+) -> None:
+    executor = ChildProcessExecutor("noop", fork_server=server)
+    spec = make_spec("noop", {"duration_ms": 10_000})
+    execution = executor.start(ExecutionRequest(spec, {}, tmp_path / "out"))
+    assert execution.ready.wait(10)
+    assert execution._proc is not None
+    os.kill(execution._proc.pid, signal.SIGSEGV)
+    result = executor.wait(execution, timeout=30)
+    assert result is not None
+    assert result.error_code == "crashed"
+    assert "SIGSEGV" in result.manifest["error"]["message"]
+
+
+def test_server_death_kills_its_children_and_fails_their_jobs(
+    server: ForkServer, make_spec: Any, tmp_path: Path
+) -> None:
+    executor = ChildProcessExecutor("noop", fork_server=server)
+    spec = make_spec("noop", {"duration_ms": 60_000})
+    execution = executor.start(ExecutionRequest(spec, {}, tmp_path / "a"))
+    assert execution.ready.wait(10)
+    child_pid = execution._proc.pid if execution._proc else 0
+    server_pid = server.pid
+    assert server_pid is not None
+    os.kill(server_pid, signal.SIGKILL)
+    result = executor.wait(execution, timeout=30)
+    assert result is not None
+    assert result.error_code == "internal_error"
+    assert "fork server died" in result.manifest["error"]["message"]
+    assert _wait_until(lambda: not _alive(child_pid))
+    assert [p.name for p in (tmp_path / "a").iterdir()] == [MANIFEST_NAME]
+    # The next job starts a new server and runs.
+    again = executor.run(ExecutionRequest(make_spec("noop", {"payload": "x"}), {}, tmp_path / "b"))
+    assert again.ok, again.manifest["error"]
+    assert server.pid not in (None, server_pid)
+
+
+def test_closing_the_server_kills_running_children(make_spec: Any, tmp_path: Path) -> None:
+    srv = ForkServer()
+    executor = ChildProcessExecutor("noop", fork_server=srv)
+    execution = executor.start(
+        ExecutionRequest(make_spec("noop", {"duration_ms": 60_000}), {}, tmp_path / "out")
+    )
+    assert execution.ready.wait(10)
+    child_pid = execution._proc.pid if execution._proc else 0
+    srv.close()
+    assert _wait_until(lambda: not _alive(child_pid))
+    result = executor.wait(execution, timeout=30)
+    assert result is not None
+    assert not result.ok
+
+
+def test_an_unusable_server_falls_back_to_a_fresh_interpreter(
+    make_spec: Any, tmp_path: Path
+) -> None:
+    broken = ForkServer(python=str(tmp_path / "no-such-python"))
+    executor = ChildProcessExecutor("noop", fork_server=broken)
+    execution = executor.start(
+        ExecutionRequest(make_spec("noop", {"payload": "y"}), {}, tmp_path / "o")
+    )
+    assert not isinstance(execution._proc, ForkedChild)
+    result = executor.wait(execution, timeout=30)
+    assert result is not None
+    assert result.ok, result.manifest["error"]
+    manifest = json.loads((tmp_path / "o" / MANIFEST_NAME).read_text())
+    assert manifest["error"] is None
+
+
+def test_many_jobs_at_once_each_get_their_own_child(
+    server: ForkServer, make_spec: Any, tmp_path: Path
+) -> None:
+    executor = ChildProcessExecutor("noop", fork_server=server)
+    executions = [
+        executor.start(
+            ExecutionRequest(make_spec("noop", {"payload": f"job {i}"}), {}, tmp_path / f"o{i}")
+        )
+        for i in range(12)
+    ]
+    pids = set()
+    for i, execution in enumerate(executions):
+        result = executor.wait(execution, timeout=60)
+        assert result is not None
+        assert result.ok, result.manifest["error"]
+        assert (tmp_path / f"o{i}" / "payload.txt").read_text() == f"job {i}"
+        assert execution._proc is not None
+        pids.add(execution._proc.pid)
+    assert len(pids) == 12
