@@ -1,7 +1,9 @@
 """The node's one SQLite database (WAL): peers, ads, jobs, the event log, the blob index.
 
 Every write commits before it returns (synchronous=FULL), so what a caller has been
-told is stored survives `kill -9` and power loss. Calls are short and synchronous.
+told is stored survives `kill -9` and power loss; writes that belong together (a job's
+new state and its event) share one commit through `transaction()`. Calls are short and
+synchronous.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -79,18 +81,34 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
         self.set_meta("schema_version", str(SCHEMA_VERSION))
+        self._depth = 0
+        self._on_rollback: list[Callable[[], None]] = []
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic, durable commit for every write inside, nested ones included (a
+        nested `transaction()` joins the enclosing one)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self.db
         except BaseException:
+            self._depth = 0
             self.db.execute("ROLLBACK")
+            for hook in self._on_rollback:
+                hook()
             raise
+        self._depth = 0
         self.db.execute("COMMIT")
 
     # ------------------------------------------------------------ meta
@@ -198,10 +216,19 @@ class EventLog:
     def __init__(self, store: Store, identity: Identity) -> None:
         self.store = store
         self.identity = identity
+        self._head: bytes | None = None  # this process is the log's only writer
+        store._on_rollback.append(self._forget_head)
+
+    def _forget_head(self) -> None:
+        self._head = None
 
     def head(self) -> bytes:
-        row = self.store.db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        return GENESIS if row is None else bytes(row[0])
+        if self._head is None:
+            row = self.store.db.execute(
+                "SELECT hash FROM events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            self._head = GENESIS if row is None else bytes(row[0])
+        return self._head
 
     def append(self, event: JobEvent, *, now: int | None = None) -> bytes:
         """Chain `event` onto the log (its `prev` is set here), sign, commit; return its hash."""
@@ -216,6 +243,7 @@ class EventLog:
                 " VALUES (?, ?, ?, ?, ?)",
                 (chained.job_id, digest, prev, raw, now),
             )
+            self._head = digest  # forgotten again if the enclosing transaction rolls back
         return digest
 
     def events(self, job_id: bytes | None = None) -> list[SignedMessage]:

@@ -190,9 +190,10 @@ class ClientRole:
         **event_fields: Any,
     ) -> None:
         machine.handle(event)
-        self._save(job_id, data, machine)
-        attempt = machine.attempt + 1 if event is Event.FUND else machine.attempt
-        self.lc.event(job_id, attempt, str(machine.state), **event_fields)
+        with self.lc.node.store.transaction():  # the new state and its event: one commit
+            self._save(job_id, data, machine)
+            attempt = machine.attempt + 1 if event is Event.FUND else machine.attempt
+            self.lc.event(job_id, attempt, str(machine.state), record=data, **event_fields)
 
     async def _drive(
         self, job_id: bytes, spec: JobSpec, data: dict[str, Any], machine: JobMachine

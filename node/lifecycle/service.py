@@ -215,16 +215,21 @@ class Lifecycle:
         duration_ms: int | None = None,
         exit_code: int | None = None,
         detail: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
     ) -> bytes:
-        """Append a signed JobEvent; inference events carry the prompt's hash only."""
-        rec = self.node.store.get_job(job_id)
+        """Append a signed JobEvent; inference events carry the prompt's hash only.
+
+        `record` is the job's data as the caller holds it (saves reading it back)."""
+        if record is None:
+            rec = self.node.store.get_job(job_id)
+            record = rec.data if rec is not None else None
         prompt_hash = None
-        if rec is not None and rec.data.get("spec", {}).get("job_class") == "llm.generate":
+        if record is not None and record.get("spec", {}).get("job_class") == "llm.generate":
             import hashlib
 
-            prompt = str(rec.data["spec"]["params"].get("prompt", ""))
+            prompt = str(record["spec"]["params"].get("prompt", ""))
             prompt_hash = hashlib.sha256(prompt.encode()).digest()
-        started = rec.data.get("submitted_ms") if rec is not None else None
+        started = record.get("submitted_ms") if record is not None else None
         event = JobEvent(
             job_id=job_id,
             attempt=attempt,
@@ -267,17 +272,19 @@ class Lifecycle:
                 **(extra or {}),
             }
         )
-        if rec is None or rec.role == "worker":
-            self.store_job(key, "worker", state, data)
-        self.event(
-            key,
-            offer.attempt,
-            _worker_state(state),
-            worker=self.node.did,
-            artifact=artifact_hash,
-            exit_code=exit_code,
-            detail={"phase": state},
-        )
+        with self.node.store.transaction():  # the state and its event: one commit
+            if rec is None or rec.role == "worker":
+                self.store_job(key, "worker", state, data)
+            self.event(
+                key,
+                offer.attempt,
+                _worker_state(state),
+                worker=self.node.did,
+                artifact=artifact_hash,
+                exit_code=exit_code,
+                detail={"phase": state},
+                record=data if rec is None or rec.role == "worker" else rec.data,
+            )
 
     def store_evidence(self, signed: SignedMessage) -> None:
         msg = signed.message

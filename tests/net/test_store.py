@@ -56,6 +56,35 @@ def test_event_log_is_append_only(tmp_path: Path) -> None:
         store.db.execute("DELETE FROM events")
 
 
+def test_a_job_state_and_its_event_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    log = EventLog(store, ident(1))
+    first = log.append(event("requested"))
+    with store.transaction():  # the lifecycle's pattern: record and event, one commit
+        store.put_job(JOB_ID, role="client", state="funded", data={"n": 1})
+        second = log.append(event("funded"))
+
+    def interrupted() -> None:
+        with store.transaction():
+            store.put_job(JOB_ID, role="client", state="assigned", data={"n": 2})
+            log.append(event("assigned"))
+            raise RuntimeError("crash between the writes")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        interrupted()
+    record = store.get_job(JOB_ID)
+    assert record is not None
+    assert (record.state, record.data) == ("funded", {"n": 1})  # the rolled-back write is gone
+    assert log.head() == second  # and so is its event: the cached head was forgotten
+    third = log.append(event("assigned"))
+    assert log.verify_chain() == 3
+    store.close()
+    reopened = Store(tmp_path / "node.db")
+    chain = [s.message for s in EventLog(reopened, ident(1)).events()]
+    assert [e.state for e in chain] == ["requested", "funded", "assigned"]
+    assert EventLog(reopened, ident(1)).head() == third != first
+
+
 def test_jobs_table(tmp_path: Path) -> None:
     store = Store(tmp_path / "node.db")
     store.put_job(JOB_ID, role="client", state="requested", data={"k": 1})
