@@ -211,6 +211,19 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _idle_fraction(window_s: float) -> float:
+    """The share of all CPUs' time spent idle over the next `window_s` seconds."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)
+
+    idle0, total0 = sample()
+    time.sleep(window_s)  # a measuring window, not synchronisation
+    idle1, total1 = sample()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
 def _gossip_and_idle(nodes: int, rounds: int) -> dict[str, Any]:
     from node.control import ControlClient, control_path
     from testnet.local import down, up
@@ -225,7 +238,21 @@ def _gossip_and_idle(nodes: int, rounds: int) -> dict[str, Any]:
                 n["did"]: ControlClient(control_path(Path(n["home"]))) for n in state["nodes"]
             }
             dids = list(clients)
-            time.sleep(5)  # let start-up republishing settle before measuring
+            # Idle means after start-up: every worker has priced its job classes (its
+            # runtime fingerprint runs in a child, seconds after start) and the host has
+            # calmed down. Both waits are bounded.
+            full = [n["did"] for n in state["nodes"] if n["role"] == "worker"]
+            observer = clients[state["nodes"][0]["did"]]
+            priced_by = time.monotonic() + 300
+            while time.monotonic() < priced_by:
+                caps = {c["did"]: c for c in observer.call("caps")}
+                if all(caps.get(d, {}).get("ad", {}).get("prices") for d in full):
+                    break
+                time.sleep(1.0)
+            quiet_by = time.monotonic() + 120
+            while time.monotonic() < quiet_by and _idle_fraction(2.0) < 0.8:
+                pass
+            time.sleep(5)  # let the republishing that pricing triggered settle
             # idle cost: CPU over a quiet window, RSS at its end
             pids = [n["pid"] for n in state["nodes"]]
             cpu0 = {p: _proc_cpu_s(p) for p in pids}

@@ -107,6 +107,8 @@ class Node:
         self.on_ad: list[Callable[[KnownWorker], None]] = []  # lifecycle hooks
         self._ad_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._unsaved_ads: dict[str, tuple[KnownWorker, int]] = {}
+        self._ads_to_save = trio.Event()
         self._connect_send, self._connect_recv = trio.open_memory_channel[str](64)
         self._dialing: set[str] = set()
         self._restore()
@@ -137,6 +139,7 @@ class Node:
                 self.started_at = trio.current_time()
                 nursery.start_soon(self._connector)
                 nursery.start_soon(self._housekeeping)
+                nursery.start_soon(self._ad_saver)
                 for addr in self.config.network.bootstrap:
                     self._connect_send.send_nowait(addr)
                 if not self.light:
@@ -144,6 +147,7 @@ class Node:
                 task_status.started()
         finally:
             self._nursery = None
+            self._save_ads()
             with trio.CancelScope(shield=True):
                 await self.negotiator.aclose()
             self.store.close()
@@ -251,8 +255,14 @@ class Node:
         assert verdict.signed is not None
         worker = self.book.accept(verdict.signed, now)
         ad = worker.ad
-        self.store.save_ad(worker.did, ad.peer_id, ad.seq, worker.raw, now, worker.expires_ms)
-        self.store.upsert_peer(ad.peer_id, list(ad.listen_addrs), worker.did)
+        # Ads are soft state (they expire and are re-learnt): written after this returns,
+        # in one commit with the others that arrived meanwhile, so no disk sync sits
+        # between receiving an ad and forwarding it.
+        self._unsaved_ads[worker.did] = (worker, now)
+        if self._nursery is not None:
+            self._ads_to_save.set()
+        else:
+            self._save_ads()
         add_addrs = getattr(self.transport, "add_addrs", None)
         if add_addrs is not None:
             add_addrs(ad.peer_id, list(ad.listen_addrs))
@@ -261,6 +271,25 @@ class Node:
         for hook in self.on_ad:
             hook(worker)
         return verdict
+
+    async def _ad_saver(self) -> None:
+        while True:
+            await self._ads_to_save.wait()
+            self._ads_to_save = trio.Event()
+            self._save_ads()
+
+    def _save_ads(self) -> None:
+        """Write the ads accepted since the last call (and their peers), in one commit."""
+        if not self._unsaved_ads:
+            return
+        batch, self._unsaved_ads = self._unsaved_ads, {}
+        with self.store.transaction():
+            for worker, received in batch.values():
+                ad = worker.ad
+                self.store.save_ad(
+                    worker.did, ad.peer_id, ad.seq, worker.raw, received, worker.expires_ms
+                )
+                self.store.upsert_peer(ad.peer_id, list(ad.listen_addrs), worker.did)
 
     def update_ad(self, **fields: Any) -> None:
         """Change what this node advertises (hardware, runtimes, prices, load ...)."""
