@@ -83,7 +83,7 @@ class Node:
 
             transport = Libp2pTransport(identity, config)
         self.transport: Transport = transport
-        self.store = Store(self.home / DB_FILE)
+        self.store = Store(self.home / DB_FILE, sync=config.storage.sync)
         self.events = EventLog(self.store, identity)
         pen = config.penalties
         self.penalties = PenaltyTable(

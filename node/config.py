@@ -102,6 +102,17 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """The node database (SQLite, WAL)."""
+
+    sync: str = _opt(
+        "normal",
+        "normal: a commit survives the node being killed (kill -9), the last few may roll"
+        " back on power loss; full: every commit is also synced to disk before it returns",
+    )
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs to run; every option has a default."""
 
@@ -112,6 +123,7 @@ class NodeConfig:
     blobs: BlobConfig = field(default_factory=BlobConfig)
     penalties: PenaltyConfig = field(default_factory=PenaltyConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with changes; nested sections take dicts: replace(network={...})."""

@@ -1,7 +1,9 @@
 """The node's one SQLite database (WAL): peers, ads, jobs, the event log, the blob index.
 
-Every write commits before it returns (synchronous=FULL), so what a caller has been
-told is stored survives `kill -9` and power loss; writes that belong together (a job's
+Every write commits before it returns, so what a caller has been told is stored survives
+`kill -9`; with `storage.sync = "full"` (SQLite synchronous=FULL) it also survives power
+loss, at a disk sync per commit (the default, NORMAL, may roll the last commits back on
+power loss, never corrupt the database). Writes that belong together (a job's
 new state and its event) share one commit through `transaction()`. Calls are short and
 synchronous.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.envelope import MAX_TTL_MS, SignedMessage, envelope_hash, open_envelope, seal
-from protocol.errors import LocalProtocolError
+from protocol.errors import LocalProtocolError, UserError
 from protocol.identity import Identity
 from protocol.messages import JobEvent
 
@@ -71,12 +73,16 @@ class JobRecord:
 class Store:
     """One connection to the node database; single-threaded use (the trio thread)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, sync: str = "normal") -> None:
+        if sync not in ("normal", "full"):
+            raise UserError(f"storage sync must be 'normal' or 'full', not {sync!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        # WAL + NORMAL: a commit is in the WAL before it returns, so it survives the
+        # process being killed; FULL also waits for the disk, which survives power loss.
+        self.db.execute(f"PRAGMA synchronous={sync.upper()}")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)

@@ -20,6 +20,7 @@ from node.lifecycle.escrow import AsyncEscrow, terms_from_json
 from node.lifecycle.settings import ChainInfo, LifecycleSettings
 from node.lifecycle.settle import OpenBatcher, RefundKeeper, ReleaseBatcher
 from node.lifecycle.worker import WorkerJob, WorkerRole
+from node.net.caps import KnownWorker
 from protocol.envelope import SignedMessage, envelope_hash
 from protocol.errors import C0Error
 from protocol.messages import JobEvent, Message, Receipt
@@ -31,6 +32,7 @@ __all__ = ["Lifecycle"]
 
 log = logging.getLogger("c0.lifecycle")
 
+_REPUTATION_TTL_MS = 1000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evidence (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,6 +80,7 @@ class Lifecycle:
         # what waiting tasks synchronise on.
         self.ads_changed = trio.Event()
         self.jobs_changed = trio.Event()
+        self._reputations: dict[tuple[str, str], tuple[int, Reputation]] = {}
         node.on_ad.append(lambda _worker: self._pulse_ads())
         handlers: dict[str, Callable[[SignedMessage, str], Awaitable[Message | None]]] = {
             "offer": self.worker.on_offer,
@@ -323,35 +326,49 @@ class Lifecycle:
             " runtime_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (worker, job_class, kind, job_id, source, now_ms(), runtime_ms),
         )
+        for key in [k for k in self._reputations if k[0] == worker]:
+            del self._reputations[key]
 
     def evidence(self, worker: str | None = None) -> list[Evidence]:
         sql = "SELECT worker, job_class, kind, job_id, source, at_ms, runtime_ms FROM evidence"
         args: tuple[Any, ...] = ()
         if worker is not None:
             sql, args = sql + " WHERE worker=?", (worker,)
-        return [
-            Evidence(
-                r[0],
-                r[1],
-                r[2],
-                r[5],
-                job_id=bytes(r[3]),
-                runtime_ms=r[6],
-                source=r[4],
-                hw_class=self._hw_class(r[0]),
-            )
-            for r in self.node.store.db.execute(sql, args)
-        ]
+        caps = self.node.caps
+        classes: dict[str, str] = {}
+        out = []
+        for r in self.node.store.db.execute(sql, args):
+            hw = classes.get(r[0])
+            if hw is None:
+                hw = classes[r[0]] = self._hw_class(caps.get(r[0]))
+            out.append(
+                Evidence(
+                    r[0], r[1], r[2], r[5], job_id=bytes(r[3]), runtime_ms=r[6], source=r[4],
+                    hw_class=hw,
+                )
+            )  # fmt: skip
+        return out
 
-    def _hw_class(self, did: str) -> str:
-        worker = self.node.caps.get(did)
+    @staticmethod
+    def _hw_class(worker: KnownWorker | None) -> str:
         if worker is None:
             return ""
         hw = worker.ad.hardware
         return str(hw.get("hw_class") or f"cpu-{hw.get('cpu_cores', '?')}")
 
     def reputation_of(self, did: str, job_class: str) -> Reputation:
-        return compute_reputation(self.evidence(did), worker=did, job_class=job_class, now=now_ms())
+        """Computed from the evidence, kept for up to a second and until new evidence about
+        that worker arrives (routing asks for every candidate of every job)."""
+        now = now_ms()
+        key = (did, job_class)
+        hit = self._reputations.get(key)
+        if hit is not None and now - hit[0] < _REPUTATION_TTL_MS:
+            return hit[1]
+        rep = compute_reputation(self.evidence(did), worker=did, job_class=job_class, now=now)
+        if len(self._reputations) > 4096:
+            self._reputations.clear()
+        self._reputations[key] = (now, rep)
+        return rep
 
     async def chain_events_for(self, chain_job_id: bytes | None = None) -> list[dict[str, Any]]:
         """Escrow events from the chain itself (never from our own records)."""

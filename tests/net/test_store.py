@@ -113,3 +113,14 @@ def test_config_rejects_unknown_and_mistyped_options() -> None:
     cfg = config_from_dict({"light": True, "gossip": {"heartbeat_s": 2}})
     assert cfg.light
     assert cfg.gossip.heartbeat_s == 2.0
+
+
+@pytest.mark.parametrize(("sync", "pragma"), [("normal", 1), ("full", 2)])
+def test_storage_sync_setting(tmp_path: Path, sync: str, pragma: int) -> None:
+    store = Store(tmp_path / "node.db", sync=sync)
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    with pytest.raises(UserError, match="storage sync"):
+        Store(tmp_path / "other.db", sync="sometimes")
+    assert config_from_dict({"storage": {"sync": "full"}}).storage.sync == "full"
