@@ -92,6 +92,10 @@ def rpc_chain(
             time.sleep(0.2)
     if chain_id is not None and chain_id != actual:
         raise UserError(f"{url} serves chain id {actual}, expected {chain_id}")
+    # web3's validation middleware asks the endpoint for its chain id before every call
+    # and transaction (one more round trip each). The id was checked just above, and every
+    # transaction this node signs names it (EIP-155), so a node on another chain refuses it.
+    w3.middleware_onion.remove("validation")
     is_dev = actual == ANVIL_CHAIN_ID if dev is None else dev
     keys = dev_keys_from_mnemonic() if is_dev else []
     return Chain(w3=w3, kind="rpc", chain_id=actual, url=url, dev_keys=keys)
