@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,30 @@ class ClientRole:
         self.offered: dict[str, int] = {}  # worker DID -> offers out or won, not yet assigned
         self.records: dict[bytes, dict[str, Any]] = {}  # job id -> the record its task holds
         self.results_root = lc.node.home / "results"
+        # Jobs that found no worker with room, oldest first: woken one per slot that one
+        # of our attempts or offers frees (all of them when an ad arrives), or by timeout.
+        self._room: deque[trio.Event] = deque()
+        lc.node.on_ad.append(lambda _worker: self._wake_all())
+
+    def _free(self, count: int) -> None:
+        """`count` of our slots at workers were freed: wake as many waiting jobs."""
+        while count > 0 and self._room:
+            waiter = self._room.popleft()
+            if not waiter.is_set():
+                waiter.set()
+                count -= 1
+
+    def _wake_all(self) -> None:
+        while self._room:
+            self._room.popleft().set()
+
+    async def _wait_for_room(self, limit_s: float) -> None:
+        """Until a worker may have room for this job (see `_room`), at most `limit_s`."""
+        waiter = trio.Event()
+        self._room.append(waiter)
+        with trio.move_on_after(limit_s):
+            await waiter.wait()
+        waiter.set()  # timed out: `_free` skips it
 
     # ------------------------------------------------------------ submit
     def submit(
@@ -232,7 +257,8 @@ class ClientRole:
                 )
                 self._fail_attempt(job_id, data, machine, attempt, failure)
             finally:
-                self.active.pop((job_id, attempt.number), None)
+                if self.active.pop((job_id, attempt.number), None) is not None:
+                    self._free(len(attempt.slots))
 
     # ------------------------------------------------------------ routing and funding
     def _ours_in_flight(self) -> dict[str, int]:
@@ -311,7 +337,7 @@ class ClientRole:
         chosen = [r.did for r in ranked if r.reason == "selected"]
         if len(chosen) < k:
             self._save(job_id, data, machine)
-            await lc.wait_for_ads(_NO_WORKER_POLL_S)  # new workers may appear
+            await self._wait_for_room(_NO_WORKER_POLL_S)  # or new workers may appear
             return None
         chain_now = await lc.escrow.now()
         remaining_s = max(2, (deadline_ms - now_ms()) // 1000)
@@ -382,13 +408,15 @@ class ClientRole:
         finally:
             for did in chosen:
                 self.offered[did] -= 1
+            self._free(len(chosen) - min(k, len(bids)))  # the winners stay busy with it
         # the K cheapest win; among equal prices, the worker with fewer of our jobs in
         # flight right now, then the better routing rank
         load_now = self._ours_in_flight()
         bids.sort(key=lambda b: (b[0], load_now.get(b[2], 0), b[1]))
         if len(bids) < k:
+            self._free(len(bids))
             self._save(job_id, data, machine)
-            await lc.wait_for_ads(_NO_WORKER_POLL_S)  # too few bids: wait for the swarm
+            await self._wait_for_room(_NO_WORKER_POLL_S)  # too few bids: wait for the swarm
             return None
         winners = bids[:k]
         outcome = {b[2]: f"won: bid {b[0]}" for b in winners}
@@ -421,6 +449,7 @@ class ClientRole:
             tx = await lc.opens.open(terms)
         except SettlementError as exc:
             lc.event(job_id, number, "failed", detail={"reason": f"escrow: {exc.reason}"})
+            self._free(len(won))
             await trio.sleep(_NO_WORKER_POLL_S)
             return None
         finally:
@@ -489,7 +518,8 @@ class ClientRole:
                 attempt,
                 AttemptFailed(Event.WORKER_FAILED, "; ".join(refused)[:300]),
             )
-            self.active.pop((job_id, number), None)
+            if self.active.pop((job_id, number), None) is not None:
+                self._free(len(slots))
             return None
         return attempt
 
