@@ -43,6 +43,11 @@ class Candidate:
     reputation: float = 0.5  # 0..1, see protocol.reputation; unknown workers start at 0.5
     recent_timeouts: int = 0
     expires_at: int = 0  # ms; the ad is stale after this (0: never checked)
+    load: float | None = None  # a fresher estimate than the ad's (the client's own jobs)
+
+    @property
+    def current_load(self) -> float:
+        return self.ad.load if self.load is None else self.load
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,7 @@ def _filter(
     memory = ad.hardware.get("memory_mb")
     if isinstance(memory, int) and memory < spec.limits.get("memory_mb", 0):
         return f"memory {memory} MB < {spec.limits['memory_mb']} MB asked"
-    if ad.load >= 1.0:
+    if cand.current_load >= 1.0:
         return "busy (load 1.0)"
     if ad.prices[spec.job_class] > max_price:
         return f"price {ad.prices[spec.job_class]} > max {max_price}"
@@ -135,7 +140,7 @@ def rank_workers(
         breakdown = {
             "price": policy.weight_price * price / scale,
             "transfer": policy.weight_transfer * transfer / scale,
-            "load": policy.weight_load * cand.ad.load,
+            "load": policy.weight_load * cand.current_load,
             "timeouts": policy.weight_timeouts * cand.recent_timeouts,
             "reputation": policy.weight_reputation * (1.0 - cand.reputation),
         }

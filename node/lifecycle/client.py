@@ -3,7 +3,6 @@ jobs this node submits. One task per job; every step is persisted so a restart r
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -280,9 +279,9 @@ class ClientRole:
             if did == lc.node.did:
                 continue
             ad = worker.ad
+            load = None
             if inflight.get(did):
                 load = min(1.0, ad.load + inflight[did] / max(1, ad.max_concurrent))
-                ad = dataclasses.replace(ad, load=load)
             rep = lc.reputation_of(did, spec.job_class)
             out.append(
                 Candidate(
@@ -291,6 +290,7 @@ class ClientRole:
                     reputation=rep.score,
                     recent_timeouts=rep.timeouts,
                     expires_at=worker.expires_ms,
+                    load=load,
                 )
             )
         return out
