@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import vyper
@@ -32,10 +33,15 @@ def test_reentrant_withdraw_cannot_drain(
     w3 = p.chain.w3
     me = p.outsider.account.address
     factory = w3.eth.contract(abi=attacker_code["abi"], bytecode=attacker_code["bytecode"])
+
+    def mined(tx: Any) -> Any:
+        # A JSON-RPC chain may answer eth_sendTransaction before the receipt is readable.
+        return w3.eth.wait_for_transaction_receipt(tx, timeout=30, poll_latency=0.01)
+
     tx = factory.constructor(p.escrow).transact({"from": me})
-    address = w3.eth.get_transaction_receipt(tx)["contractAddress"]
+    address = mined(tx)["contractAddress"]
     attacker = w3.eth.contract(address=address, abi=attacker_code["abi"])
-    attacker.functions.fund().transact({"from": me, "value": ETH // 100})
+    mined(attacker.functions.fund().transact({"from": me, "value": ETH // 100}))
     assert p.client.balance(address) == ETH // 100
     held = p.held()
     if mode == 1:
@@ -45,7 +51,7 @@ def test_reentrant_withdraw_cannot_drain(
         assert p.client.balance(address) == ETH // 100
         assert p.held() == held
     else:
-        attacker.functions.attack(ETH // 100, mode).transact({"from": me})
+        mined(attacker.functions.attack(ETH // 100, mode).transact({"from": me}))
         # it got its own money once; the re-entry did nothing
         assert attacker.functions.reentered().call() is True
         assert attacker.functions.inner_ok().call() is False
