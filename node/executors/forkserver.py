@@ -137,6 +137,7 @@ class ForkServer:
         try:
             with self._lock:
                 sock = self._ensure_started()
+                server = self._proc
                 token = self._next_token
                 self._next_token += 1
                 done = threading.Event()
@@ -164,6 +165,11 @@ class ForkServer:
         with self._lock:
             self._children[child.pid] = child
             status = self._early_exits.pop(child.pid, None)
+            if status is None and self._proc is not server:
+                # The server died between forking this child and now: nobody else will
+                # kill it or report on it.
+                self._children.pop(child.pid, None)
+                self._lose(child)
         if status is not None:
             self._exit(child, status)
         return child
@@ -263,15 +269,19 @@ class ForkServer:
         for done, _reply in pending.values():
             done.set()
         for child in children.values():
-            # Nobody would reap or report on it now: kill it and say why.
-            child.lost = True
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(child.pid, signal.SIGKILL)
-                    break
-                except OSError:
-                    continue
-            self._exit(child, -signal.SIGKILL)
+            self._lose(child)
+
+    @classmethod
+    def _lose(cls, child: ForkedChild) -> None:
+        """Nobody will reap or report on `child` any more: kill it and say why."""
+        child.lost = True
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(child.pid, signal.SIGKILL)
+                break
+            except OSError:
+                continue
+        cls._exit(child, -signal.SIGKILL)
 
     @staticmethod
     def _exit(child: ForkedChild, status: int) -> None:
