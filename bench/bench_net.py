@@ -23,6 +23,8 @@ from typing import Any
 
 import trio
 
+from bench import idle_fraction
+
 RESULTS = Path(__file__).parent / "results" / "net.json"
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
@@ -211,19 +213,6 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _idle_fraction(window_s: float) -> float:
-    """The share of all CPUs' time spent idle over the next `window_s` seconds."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return fields[3] + fields[4], sum(fields)
-
-    idle0, total0 = sample()
-    time.sleep(window_s)  # a measuring window, not synchronisation
-    idle1, total1 = sample()
-    return (idle1 - idle0) / max(1, total1 - total0)
-
-
 def _gossip_and_idle(nodes: int, rounds: int) -> dict[str, Any]:
     from node.control import ControlClient, control_path
     from testnet.local import down, up
@@ -250,7 +239,7 @@ def _gossip_and_idle(nodes: int, rounds: int) -> dict[str, Any]:
                     break
                 time.sleep(1.0)
             quiet_by = time.monotonic() + 120
-            while time.monotonic() < quiet_by and _idle_fraction(2.0) < 0.8:
+            while time.monotonic() < quiet_by and idle_fraction(2.0) < 0.8:
                 pass
             time.sleep(5)  # let the republishing that pricing triggered settle
             # idle cost: CPU over a quiet window, RSS at its end

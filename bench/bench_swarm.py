@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import testnet.chain
+from bench import idle_fraction
 from node.control import ControlClient, control_path
 from testnet.local import down, up
 
@@ -53,19 +54,6 @@ def _now_ms() -> int:
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def _idle_fraction(window_s: float) -> float:
-    """The share of all CPUs' time spent idle over the next `window_s` seconds."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
-
-    idle0, total0 = sample()
-    time.sleep(window_s)  # a measuring window, not synchronisation
-    idle1, total1 = sample()
-    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -177,7 +165,7 @@ def swarm(nodes: int, directory: Path, lifecycle: dict[str, Any] | None = None) 
         # let start-up CPU (imports, fingerprints, staking transactions) die down: wait for
         # a 2 s window with the host at least half idle (bounded)
         quiet_by = time.monotonic() + 180
-        while time.monotonic() < quiet_by and _idle_fraction(2.0) < 0.5:
+        while time.monotonic() < quiet_by and idle_fraction(2.0) < 0.5:
             pass
         say(f"  host quiet enough (load {_load()})")
         yield s

@@ -99,7 +99,6 @@ def _recv(sock: socket.socket, with_fds: bool = False) -> tuple[dict[str, Any], 
 class ForkedChild:
     """A job child forked by the server: the parts of `subprocess.Popen` the executor uses."""
 
-    server: ForkServer
     pid: int
     stdout: Any  # the report pipe, read end (a binary file object)
     stderr: Any
@@ -159,9 +158,7 @@ class ForkServer:
             os.close(report_r)
             os.close(stderr_r)
             raise OSError("the fork server did not fork the job child")
-        child = ForkedChild(
-            self, reply[0], os.fdopen(report_r, "rb", 0), os.fdopen(stderr_r, "rb", 0)
-        )
+        child = ForkedChild(reply[0], os.fdopen(report_r, "rb", 0), os.fdopen(stderr_r, "rb", 0))
         with self._lock:
             self._children[child.pid] = child
             status = self._early_exits.pop(child.pid, None)
@@ -173,11 +170,6 @@ class ForkServer:
         if status is not None:
             self._exit(child, status)
         return child
-
-    def start(self) -> None:
-        """Start the server now rather than on the first job (a worker warming up)."""
-        with self._lock:
-            self._ensure_started()
 
     @property
     def pid(self) -> int | None:

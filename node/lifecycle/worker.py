@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from node.app import now_ms
-from node.executors import ChildProcessExecutor, ExecutionRequest, ExecutionResult
-from node.executors.registry import FORK_SERVER
+from node.executors import ExecutionRequest, ExecutionResult, Executor
+from node.executors.registry import get_executor
 from node.lifecycle.escrow import terms_from_json, terms_on_chain
 from node.lifecycle.faults import tamper_result
 from protocol.envelope import SignedMessage
@@ -223,8 +223,8 @@ class WorkerRole:
         if out.exists():
             shutil.rmtree(out)  # a restarted attempt starts clean
         out.mkdir(parents=True)
-        # The child is forked from this worker's fork server (a fresh interpreter if none).
-        executor = ChildProcessExecutor(offer.spec.job_class, fork_server=FORK_SERVER)
+        # The registry's executor: its children fork from this worker's fork server.
+        executor = get_executor(offer.spec.job_class)
         request = ExecutionRequest(offer.spec, inputs, out, attempt=offer.attempt)
         # at most max_concurrent executor children at once; a queued job keeps heartbeating
         while True:
@@ -247,7 +247,7 @@ class WorkerRole:
         )
 
     async def _run_child(
-        self, job: WorkerJob, executor: ChildProcessExecutor, request: ExecutionRequest
+        self, job: WorkerJob, executor: Executor, request: ExecutionRequest
     ) -> ExecutionResult:
         execution = executor.start(request)
         self.lc.record_worker(job, "running")

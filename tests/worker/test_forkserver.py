@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +18,20 @@ from node.executors.base import ChildProcessExecutor
 from node.executors.forkserver import ForkedChild, ForkServer
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+def _exits_within(pidfd: int, limit_s: float = 10.0) -> bool:
+    """Wait for the process behind `pidfd` to end (a pidfd turns readable when it does)."""
+    readable, _, _ = select.select([pidfd], [], [], limit_s)
+    os.close(pidfd)
+    return bool(readable)
 
 
-def _wait_until(cond: Any, limit_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)  # polling a process table, bounded
-    return bool(cond())
+def _busy_child(executor: ChildProcessExecutor, spec: Any, out: Path) -> tuple[Any, int, int]:
+    """Start a long job; once its child is ready: the execution, its PID and a pidfd."""
+    execution = executor.start(ExecutionRequest(spec, {}, out))
+    assert execution.ready.wait(10)
+    assert isinstance(execution._proc, ForkedChild)
+    pid = execution._proc.pid
+    return execution, pid, os.pidfd_open(pid)
 
 
 @pytest.fixture
@@ -77,10 +71,9 @@ def test_a_crashing_child_is_reported_like_a_fresh_one(
 ) -> None:
     executor = ChildProcessExecutor("noop", fork_server=server)
     spec = make_spec("noop", {"duration_ms": 10_000})
-    execution = executor.start(ExecutionRequest(spec, {}, tmp_path / "out"))
-    assert execution.ready.wait(10)
-    assert execution._proc is not None
-    os.kill(execution._proc.pid, signal.SIGSEGV)
+    execution, pid, pidfd = _busy_child(executor, spec, tmp_path / "out")
+    os.kill(pid, signal.SIGSEGV)
+    assert _exits_within(pidfd, 5.0)  # well before its 10 s of work would end
     result = executor.wait(execution, timeout=30)
     assert result is not None
     assert result.error_code == "crashed"
@@ -92,9 +85,7 @@ def test_server_death_kills_its_children_and_fails_their_jobs(
 ) -> None:
     executor = ChildProcessExecutor("noop", fork_server=server)
     spec = make_spec("noop", {"duration_ms": 60_000})
-    execution = executor.start(ExecutionRequest(spec, {}, tmp_path / "a"))
-    assert execution.ready.wait(10)
-    child_pid = execution._proc.pid if execution._proc else 0
+    execution, _, pidfd = _busy_child(executor, spec, tmp_path / "a")
     server_pid = server.pid
     assert server_pid is not None
     os.kill(server_pid, signal.SIGKILL)
@@ -102,7 +93,7 @@ def test_server_death_kills_its_children_and_fails_their_jobs(
     assert result is not None
     assert result.error_code == "internal_error"
     assert "fork server died" in result.manifest["error"]["message"]
-    assert _wait_until(lambda: not _alive(child_pid))
+    assert _exits_within(pidfd)  # the parent killed the orphan
     assert [p.name for p in (tmp_path / "a").iterdir()] == [MANIFEST_NAME]
     # The next job starts a new server and runs.
     again = executor.run(ExecutionRequest(make_spec("noop", {"payload": "x"}), {}, tmp_path / "b"))
@@ -113,13 +104,10 @@ def test_server_death_kills_its_children_and_fails_their_jobs(
 def test_closing_the_server_kills_running_children(make_spec: Any, tmp_path: Path) -> None:
     srv = ForkServer()
     executor = ChildProcessExecutor("noop", fork_server=srv)
-    execution = executor.start(
-        ExecutionRequest(make_spec("noop", {"duration_ms": 60_000}), {}, tmp_path / "out")
-    )
-    assert execution.ready.wait(10)
-    child_pid = execution._proc.pid if execution._proc else 0
+    spec = make_spec("noop", {"duration_ms": 60_000})
+    execution, _, pidfd = _busy_child(executor, spec, tmp_path / "out")
     srv.close()
-    assert _wait_until(lambda: not _alive(child_pid))
+    assert _exits_within(pidfd)
     result = executor.wait(execution, timeout=30)
     assert result is not None
     assert not result.ok
