@@ -71,13 +71,12 @@ def _recv_exact(sock: socket.socket, size: int, first: bytes = b"") -> bytes | N
 def _recv(sock: socket.socket, with_fds: bool = False) -> tuple[dict[str, Any], list[int]] | None:
     """One message and the descriptors that came with it; None at end of stream."""
     fds: list[int] = []
+    first = b""
     if with_fds:
-        head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 4)
-        if not head:
+        first, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 4)
+        if not first:
             return None
-        head = _recv_exact(sock, _HEADER.size, head)
-    else:
-        head = _recv_exact(sock, _HEADER.size)
+    head = _recv_exact(sock, _HEADER.size, first)
     if head is None:
         return None
     (size,) = _HEADER.unpack(head)
@@ -326,11 +325,11 @@ def _serve(sock: socket.socket) -> None:
 
     try:
         while True:
-            ready, _, _ = select.select([sock, wake_r], [], [])
+            ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
             if wake_r in ready:
                 os.read(wake_r, 4096)
                 reap()
-            if sock not in ready:
+            if sock.fileno() not in ready:
                 continue
             message = _recv(sock, with_fds=True)
             if message is None:
