@@ -16,7 +16,7 @@ from node.net.framing import encode_frame
 from node.net.negotiate import NEGOTIATE_PROTOCOL
 from protocol.envelope import SignedMessage
 from protocol.messages import Decline, Message
-from tests.net.conftest import JOB_ID, heartbeat, ident, wait_for
+from tests.net.conftest import JOB_ID, heartbeat, ident, now_ms, wait_for
 
 LOOPBACK = NodeConfig().replace(network={"listen": ["/ip4/127.0.0.1/tcp/0"]})
 
@@ -112,3 +112,51 @@ async def test_light_node_over_tcp(tmp_path: Path, light: bool) -> None:
         a.on("heartbeat", decline)
         assert await client.request(a.peer_id, client.seal(heartbeat()))
         nursery.cancel_scope.cancel()
+
+
+async def test_a_plain_gossipsub_peer_reads_the_caps_topic(tmp_path: Path) -> None:
+    """A py-libp2p peer with the library's own GossipSub (offering meshsub 1.1-2.0) joins
+    the topic of a c0 node, which speaks only 1.1, and receives its ads."""
+    from libp2p import new_host
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.pubsub.gossipsub import (
+        PROTOCOL_ID_V11,
+        PROTOCOL_ID_V12,
+        PROTOCOL_ID_V20,
+        GossipSub,
+    )
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    from node.net.caps import CAPS_TOPIC
+    from protocol.envelope import open_envelope
+    from protocol.messages import CapabilityAd
+
+    async with tcp_nodes(tmp_path, 1) as (a,):
+        other = new_host()
+        router = GossipSub(
+            protocols=[PROTOCOL_ID_V20, PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+            degree=6, degree_low=4, degree_high=12, heartbeat_interval=1,
+        )  # fmt: skip
+        ps = Pubsub(other, router)
+        async with (
+            other.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]),
+            background_trio_service(ps),
+            background_trio_service(router),
+        ):
+            await ps.wait_until_ready()
+            sub = await ps.subscribe(CAPS_TOPIC)
+            await other.connect(
+                info_from_p2p_addr(multiaddr.Multiaddr(a.transport.listen_addrs()[0]))
+            )
+            got = None
+            with trio.fail_after(30):
+                while got is None:  # a publishes on joining peers; republish until heard
+                    await a.publish_ad()
+                    with trio.move_on_after(1.0):
+                        got = await sub.get()
+            signed = open_envelope(bytes(got.data), now=now_ms())
+            assert isinstance(signed.message, CapabilityAd)
+            assert signed.sender == a.did
+            assert str(router.peer_protocol[ID.from_base58(a.peer_id)]) == "/meshsub/1.1.0"
