@@ -138,7 +138,7 @@ def swarm(nodes: int, directory: Path, lifecycle: dict[str, Any] | None = None) 
         state = up(
             nodes,
             net,
-            lifecycle={i: dict(lifecycle or {}) for i in range(nodes)},
+            lifecycle={i: dict(lifecycle or {}) for i in range(nodes + 1)},  # + the client
             limit_s=60.0 + 15.0 * nodes,
             progress=lambda s: say(f"  {s}"),
         )

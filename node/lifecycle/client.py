@@ -97,6 +97,12 @@ class ClientRole:
         self._room: deque[trio.Event] = deque()
         lc.node.on_ad.append(lambda _worker: self._wake_all())
 
+    def unverified(self) -> int:
+        """Jobs of ours on their way to a verdict: running, being funded, bidding, or
+        waiting for a worker with room (their releases may still join a batch)."""
+        waiting = sum(1 for w in self._room if not w.is_set())
+        return len(self.active) + len(self.bidding) + waiting
+
     def _free(self, count: int) -> None:
         """`count` of our slots at workers were freed: wake as many waiting jobs."""
         while count > 0 and self._room:

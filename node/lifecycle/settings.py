@@ -56,9 +56,12 @@ class LifecycleSettings:
     release_batch: int = 50
     release_interval_s: float = 0.2
     open_interval_s: float = 0.0  # 0: jobs queued while an open is in flight share the next
-    # a batch waits for jobs on their way to it (still bidding / still running), this long
-    open_max_wait_s: float = 0.25
-    release_max_wait_s: float = 1.0
+    # A batch waits for jobs on their way to it (still bidding / not yet verified), this
+    # long; a lone job never waits. An open holds up execution, a release only payment, so
+    # releases wait longer: in a 150-job burst, 1 s gave 8-16 releases (~20,000 gas per
+    # job for its share), 5 s gives 3-4 (~15,600). See bench/README.md, lifecycle.
+    open_max_wait_s: float = 0.5
+    release_max_wait_s: float = 5.0
     default_deadline_s: int = 300
     arbiter: str = ""  # Ethereum address named in the terms; default: the chain file's
     reputation_threshold: float = 0.3

@@ -73,7 +73,7 @@ class ReleaseBatcher:
                 await self._release(batch)
 
     def _more_coming(self) -> bool:
-        return bool(self.lc.client.active)
+        return self.lc.client.unverified() > 0
 
     async def _release(self, batch: list[_Pending]) -> None:
         escrow = self.lc.escrow

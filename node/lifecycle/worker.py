@@ -56,6 +56,7 @@ class WorkerJob:
     terms: EscrowTerms | None = None
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     released: trio.Event = field(default_factory=trio.Event)
+    counted: bool = False  # counts towards WorkerRole.running (max_concurrent)
 
 
 class WorkerRole:
@@ -162,6 +163,7 @@ class WorkerRole:
         job.assignment, job.terms = a, terms
         self.lc.record_worker(job, "assigned")
         self.running += 1
+        job.counted = True
         self.lc.spawn(self._run, job)
         return Accept(job_id=a.job_id, attempt=a.attempt, terms_hash=a.terms_hash)
 
@@ -200,6 +202,13 @@ class WorkerRole:
                     return
                 await self._submit(job, result)
         finally:
+            self._uncount(job)
+
+    def _uncount(self, job: WorkerJob) -> None:
+        """The job no longer takes one of max_concurrent: its result is delivered (only
+        the payment is awaited, which costs nothing) or it ended."""
+        if job.counted:
+            job.counted = False
             self.running -= 1
 
     async def _fetch_inputs(self, job: WorkerJob) -> dict[str, Path]:
@@ -301,6 +310,7 @@ class WorkerRole:
                 job.client_peer, reveal, tries=20, limit_s=5.0
             )
         lc.record_worker(job, "revealed" if delivered else "client_unreachable")
+        self._uncount(job)  # waiting to be paid takes no capacity: bid for the next job
         log.info(
             "job %s attempt %d: %s",
             job_key,

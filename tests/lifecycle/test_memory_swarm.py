@@ -299,3 +299,35 @@ async def test_lazy_worker_copying_a_commitment_cannot_reveal_it(tmp_path: Path)
         assert lazy_rec.data["copied"]  # it did copy an honest commitment on chain
         assert lazy_rec.data["reason"] == "reveal does not match commitment"
         assert swarm.balance(1) == lazy_before
+
+
+async def test_a_worker_waiting_to_be_paid_takes_the_next_job(tmp_path: Path) -> None:
+    """max_concurrent counts jobs being worked on, not jobs whose payment is pending:
+    with the client's release held back, a one-slot worker still runs a second job."""
+    import dataclasses
+
+    from node.lifecycle import LifecycleSettings
+
+    def settings(i: int) -> LifecycleSettings:
+        return dataclasses.replace(LifecycleSettings(), max_concurrent=1, release_interval_s=3600)
+
+    async with memory_swarm(tmp_path, workers=1, settings=settings) as swarm:
+        client = swarm.client
+        await wait_for(lambda: offering(client) == 1, 60)
+
+        def submit(payload: str) -> bytes:
+            text = client.client.submit(
+                {"job_class": "noop", "params": {"payload": payload}},
+                {},
+                redundancy=1,
+                max_price=10**15,
+                deadline_s=120,
+            )
+            return job_id_from_text(text)
+
+        first = submit("one")
+        assert await wait_state(client, first, {"verified", "settled", "refunded"}) == "verified"
+        second = submit("two")
+        assert await wait_state(client, second, {"verified", "settled", "refunded"}) == "verified"
+        assert client.node.store.get_job(first).state == "verified"  # still unpaid
+        assert swarm.lc(1).worker.running == 0
