@@ -194,6 +194,14 @@ class Store:
             sql, args = sql + " WHERE state=?", (state,)
         return [_job(r) for r in self.db.execute(sql + " ORDER BY created_ms", args)]
 
+    def job_states(self) -> list[tuple[bytes, str, str, int]]:
+        """(job_id, role, state, updated_ms) of every job, oldest first, without decoding
+        the records: cheap enough to poll."""
+        rows = self.db.execute(
+            "SELECT job_id, role, state, updated_ms FROM jobs ORDER BY created_ms"
+        ).fetchall()
+        return [(bytes(r[0]), r[1], r[2], r[3]) for r in rows]
+
     # ------------------------------------------------------------ blobs
     def add_blob(self, sha256: bytes, size: int) -> None:
         self.db.execute(

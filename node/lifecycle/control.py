@@ -113,7 +113,12 @@ def register_job_commands(server: ControlServer, lc: Lifecycle) -> None:
         lc.event(rec.job_id, rec.data["attempt"], "disputed", detail={"reason": args["reason"]})
         return {"job_id": args["job_id"], "tx": tx.tx}
 
-    async def jobs(_: dict[str, Any]) -> Any:
+    async def jobs(args: dict[str, Any]) -> Any:
+        if args.get("brief"):  # id, role, state only: no record is decoded
+            return [
+                {"job_id": job_id_text(j), "role": role, "state": state, "updated_ms": updated}
+                for j, role, state, updated in lc.node.store.job_states()
+            ]
         return [job_summary(r) for r in lc.node.store.jobs()]
 
     async def reputation(args: dict[str, Any]) -> Any:

@@ -340,11 +340,20 @@ class WorkerRole:
         chain_now = await escrow.now()
         margin = max(3, (terms.common.commit_deadline - chain_now) // 4)
         wait_s = 0.0 if client_gone else max(0.0, terms.common.commit_deadline - margin - chain_now)
+        # The client's Receipt says when it paid; the chain is read to confirm it, and on a
+        # backoff (1, 2, 4 ... 30 s) in case the receipt is lost. Each read is an eth_call.
+        settled = False
+        delay = 1.0
         with trio.move_on_after(wait_s):
-            while await escrow.status(terms) != STATUS_SETTLED:
-                with trio.move_on_after(1.0):
-                    await job.released.wait()
-        if await escrow.status(terms) == STATUS_SETTLED:
+            while not settled:
+                if job.released.is_set():  # told, but not yet visible on chain: poll
+                    await trio.sleep(min(delay, 2.0))
+                else:
+                    with trio.move_on_after(delay):
+                        await job.released.wait()
+                settled = await escrow.status(terms) == STATUS_SETTLED
+                delay = min(delay * 2, 30.0)
+        if settled or await escrow.status(terms) == STATUS_SETTLED:
             lc.record_worker(job, "released")
             return
         # The client has not paid in time: secure a claim on chain.

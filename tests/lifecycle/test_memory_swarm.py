@@ -40,6 +40,8 @@ async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
         ):
             assert needed in states, states
         assert client.node.events.verify_chain() >= len(states)
+        brief = [(j, role, st) for j, role, st, _ in client.node.store.job_states()]
+        assert brief == [(job_id, "client", "settled")]
         from node.lifecycle.control import reconcile_node
 
         report = await reconcile_node(client)

@@ -214,3 +214,30 @@ def test_every_job_of_a_batch_is_located_by_its_proof(parties: Parties, size: in
         assert p.client.job_status(dataclasses.replace(a, ref=b.ref)) == S.STATUS_UNKNOWN
         cut = dataclasses.replace(a.located(), proof=a.located().proof[:-1])
         assert p.client.job_status(dataclasses.replace(a, ref=cut)) == S.STATUS_UNKNOWN
+
+
+def test_calldata_is_what_web3_encodes(parties: Parties) -> None:
+    """EscrowClient encodes calls with eth_abi directly; every call it makes must give the
+    bytes web3's contract layer gives for the same arguments."""
+    p = parties
+    opened = p.client.open([p.terms(job_id(f"enc{i}"), workers=2) for i in range(3)])
+    batch = list(opened.opened)
+    commons, jobs = S.group_terms(batch)
+    refs = [t.located().as_abi() for t in batch]
+    one = (batch[0].common.as_abi(), S.job_abi(batch[0]), batch[0].located().as_abi())
+    calls: list[tuple[str, tuple[object, ...]]] = [
+        ("open", (commons, jobs)),
+        ("release", (commons, jobs, refs, 2**40, b"\x01" * 65)),
+        ("job_status", one),
+        ("commit", (*one, b"\x02" * 32)),
+        ("reveal", (*one, b"\x03" * 32, b"\x04" * 32)),
+        ("claim", (*one, b"\x05" * 32)),
+        ("refund", one),
+        ("dispute", one),
+        ("approve_stake", (p.workers[0].account.address, 12345)),
+        ("withdraw", (7,)),
+    ]
+    for name, args in calls:
+        expected = p.client.contract.get_function_by_name(name)(*args)._encode_transaction_data()
+        assert p.client.encode_call(name, *args) == expected, name
+    assert all(p.client.job_status(t) == S.STATUS_OPEN for t in batch)
