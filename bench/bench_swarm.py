@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     tag = f"_{args.tag}" if args.tag else ""
     rounds = 5 if args.quick else 20
     jobs = 40 if args.quick else 150
-    tc_rounds, tc_seconds = (1, 10.0) if args.quick else (3, 30.0)
+    tc_rounds, tc_seconds = (1, 10.0) if args.quick else (5, 30.0)
     only = set(args.only or ["dispatch", "throughput", "window", "transcode"])
     results: dict[str, Any] = {
         "machine": {

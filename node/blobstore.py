@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+import trio
+
 from node.store import Store
 from protocol.errors import UserError
 
@@ -83,10 +85,30 @@ class BlobStore:
 
     def put_file(self, path: Path) -> bytes:
         """Copy a local file into the store; return its SHA-256."""
+        digest, tmp, size = self._stage(path)
+        if self.has(digest):
+            tmp.unlink()
+        else:
+            self.commit(digest, tmp, size)
+        return digest
+
+    async def put_file_async(self, path: Path) -> bytes:
+        """`put_file` with the copy and its fsync in a worker thread, so the event loop is
+        not held up by the disk; the index is still written from the caller's thread."""
+        digest, tmp, size = await trio.to_thread.run_sync(self._stage, path)
+        if self.has(digest):
+            tmp.unlink()
+            return digest
+        await trio.to_thread.run_sync(self._place, digest, tmp)
+        self.store.add_blob(digest, size)
+        return digest
+
+    def _stage(self, path: Path) -> tuple[bytes, Path, int]:
+        """Copy `path` to a fresh partial file, hashing it on the way, and sync it."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"not a file: {path}")
-        tmp = self.partial_dir / f"put-{os.getpid()}-{id(path)}"
+        tmp = self.partial_dir / f"put-{os.getpid()}-{os.urandom(8).hex()}"
         h = hashlib.sha256()
         size = 0
         with path.open("rb") as src, tmp.open("wb") as dst:
@@ -96,19 +118,17 @@ class BlobStore:
                 size += len(chunk)
             dst.flush()
             os.fsync(dst.fileno())
-        digest = h.digest()
-        if self.has(digest):
-            tmp.unlink()
-        else:
-            self.commit(digest, tmp, size)
-        return digest
+        return h.digest(), tmp, size
 
-    def commit(self, sha256: bytes, tmp: Path, size: int) -> None:
-        """Move verified bytes into place, then index them (the index implies the file)."""
+    def _place(self, sha256: bytes, tmp: Path) -> None:
         final = self.path_of(sha256)
         final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+
+    def commit(self, sha256: bytes, tmp: Path, size: int) -> None:
+        """Move verified bytes into place, then index them (the index implies the file)."""
+        self._place(sha256, tmp)
         self.store.add_blob(sha256, size)
 
     def export(self, sha256: bytes, dest: Path) -> None:

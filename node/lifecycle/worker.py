@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
 
 __all__ = ["WorkerRole"]
 
+# An offer that no assignment followed, and a job that ended, are forgotten this long
+# after (a late receipt for an ended job is still kept as evidence until then).
+_FORGET_AFTER_S = 300.0
+_PRUNE_EVERY = 64  # offers
+
 log = logging.getLogger("c0.worker")
 
 
@@ -57,6 +63,8 @@ class WorkerJob:
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     released: trio.Event = field(default_factory=trio.Event)
     counted: bool = False  # counts towards WorkerRole.running (max_concurrent)
+    touched: float = field(default_factory=time.monotonic)  # offered, or ended
+    ended: bool = False
 
 
 class WorkerRole:
@@ -71,6 +79,15 @@ class WorkerRole:
         self.slots = trio.Semaphore(max(1, lc.settings.max_concurrent))
         self.approved: dict[str, trio.Event] = {}  # client address -> approval sent
         self.work_root = lc.node.home / "work"
+        self._offers = 0
+
+    def _forget_old(self) -> None:
+        """Drop offers never assigned and jobs ended, once `_FORGET_AFTER_S` old: without
+        this, every offer a worker ever bid on stayed in memory."""
+        cutoff = time.monotonic() - _FORGET_AFTER_S
+        for key, job in list(self.jobs.items()):
+            if (job.assignment is None or job.ended) and job.touched < cutoff:
+                del self.jobs[key]
 
     # ------------------------------------------------------------ handlers
     async def on_offer(self, signed: SignedMessage, peer: str) -> Message:
@@ -103,6 +120,9 @@ class WorkerRole:
         if s.stake_lock_wei:
             await self._approve(offer.client_eth)
         self.jobs[(offer.job_id, offer.attempt)] = WorkerJob(offer, peer)
+        self._offers += 1
+        if self._offers % _PRUNE_EVERY == 0:
+            self._forget_old()
         held = [n for n, ref in offer.spec.inputs.items() if lc.node.blobs.has(ref.sha256)]
         return Bid(
             job_id=offer.job_id,
@@ -203,6 +223,7 @@ class WorkerRole:
                 await self._submit(job, result)
         finally:
             self._uncount(job)
+            job.ended, job.touched = True, time.monotonic()
 
     def _uncount(self, job: WorkerJob) -> None:
         """The job no longer takes one of max_concurrent: its result is delivered (only
@@ -279,7 +300,7 @@ class WorkerRole:
         if lc.settings.behaviour in ("wrong_output", "lazy"):
             manifest = tamper_result(result.path.parent, manifest, lc.settings.behaviour)
         for artifact in manifest["artifacts"]:
-            lc.node.blobs.put_file(result.path.parent / artifact["path"])
+            await lc.node.blobs.put_file_async(result.path.parent / artifact["path"])
         result_hash = result_digest(manifest)
         salt = os.urandom(32)
         me = lc.node.identity.eth_address

@@ -57,6 +57,9 @@ class BlobService:
     def put_file(self, path: Path) -> bytes:
         return self.store.put_file(path)
 
+    async def put_file_async(self, path: Path) -> bytes:
+        return await self.store.put_file_async(path)
+
     def put_bytes(self, data: bytes) -> bytes:
         return self.store.put_bytes(data)
 

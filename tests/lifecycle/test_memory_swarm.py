@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from node.lifecycle import worker as worker_module
 from node.lifecycle.escrow import terms_from_json
 from protocol.jobs import job_id_from_text
 from protocol.settlement import STATUS_SETTLED
@@ -303,7 +306,9 @@ async def test_lazy_worker_copying_a_commitment_cannot_reveal_it(tmp_path: Path)
         assert swarm.balance(1) == lazy_before
 
 
-async def test_a_worker_waiting_to_be_paid_takes_the_next_job(tmp_path: Path) -> None:
+async def test_a_worker_waiting_to_be_paid_takes_the_next_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """max_concurrent counts jobs being worked on, not jobs whose payment is pending:
     with the client's release held back, a one-slot worker still runs a second job."""
     import dataclasses
@@ -332,4 +337,37 @@ async def test_a_worker_waiting_to_be_paid_takes_the_next_job(tmp_path: Path) ->
         second = submit("two")
         assert await wait_state(client, second, {"verified", "settled", "refunded"}) == "verified"
         assert client.node.store.get_job(first).state == "verified"  # still unpaid
-        assert swarm.lc(1).worker.running == 0
+        worker = swarm.lc(1).worker
+        assert worker.running == 0
+        # jobs awaiting payment are remembered (their receipt is still to come) ...
+        monkeypatch.setattr(worker_module, "_FORGET_AFTER_S", -1.0)
+        worker._forget_old()
+        assert {job_id for job_id, _ in worker.jobs} == {first, second}
+
+
+async def test_a_worker_forgets_lost_offers_and_ended_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with memory_swarm(tmp_path, workers=2) as swarm:
+        client = swarm.client
+        await wait_for(lambda: offering(client) == 2, 60)
+        text = client.client.submit(
+            {"job_class": "noop", "params": {"payload": "x"}},
+            {},
+            redundancy=1,
+            max_price=10**15,
+            deadline_s=120,
+        )
+        job_id = job_id_from_text(text)
+        assert await wait_state(client, job_id, {"settled", "refunded"}) == "settled"
+        workers = [swarm.lc(i).worker for i in (1, 2)]
+        await wait_for(lambda: all(j.ended for w in workers for j in w.jobs.values()
+                                   if j.assignment is not None), 30)  # fmt: skip
+        assert sum(len(w.jobs) for w in workers) == 2  # the winner's job, the loser's offer
+        for w in workers:
+            w._forget_old()  # too recent: kept
+        assert sum(len(w.jobs) for w in workers) == 2
+        monkeypatch.setattr(worker_module, "_FORGET_AFTER_S", -1.0)
+        for w in workers:
+            w._forget_old()
+        assert [w.jobs for w in workers] == [{}, {}]

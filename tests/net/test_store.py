@@ -124,3 +124,22 @@ def test_storage_sync_setting(tmp_path: Path, sync: str, pragma: int) -> None:
     with pytest.raises(UserError, match="storage sync"):
         Store(tmp_path / "other.db", sync="sometimes")
     assert config_from_dict({"storage": {"sync": "full"}}).storage.sync == "full"
+
+
+async def test_blob_put_file_async_matches_put_file(tmp_path: Path) -> None:
+    import hashlib
+
+    from node.blobstore import BlobStore
+
+    store = Store(tmp_path / "node.db")
+    blobs = BlobStore(tmp_path / "blobs", store)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"c0 artifact " * 100_000)
+    digest = await blobs.put_file_async(src)
+    assert digest == hashlib.sha256(src.read_bytes()).digest()
+    assert blobs.has(digest) and blobs.path_of(digest).read_bytes() == src.read_bytes()
+    assert await blobs.put_file_async(src) == digest == blobs.put_file(src)  # held: no copy
+    assert list(blobs.partial_dir.iterdir()) == []  # no partial file left behind
+    assert store.blob_count() == 1
+    with pytest.raises(UserError):
+        await blobs.put_file_async(tmp_path / "missing")
