@@ -137,7 +137,8 @@ async def test_blob_put_file_async_matches_put_file(tmp_path: Path) -> None:
     src.write_bytes(b"c0 artifact " * 100_000)
     digest = await blobs.put_file_async(src)
     assert digest == hashlib.sha256(src.read_bytes()).digest()
-    assert blobs.has(digest) and blobs.path_of(digest).read_bytes() == src.read_bytes()
+    assert blobs.has(digest)
+    assert blobs.path_of(digest).read_bytes() == src.read_bytes()
     assert await blobs.put_file_async(src) == digest == blobs.put_file(src)  # held: no copy
     assert list(blobs.partial_dir.iterdir()) == []  # no partial file left behind
     assert store.blob_count() == 1
