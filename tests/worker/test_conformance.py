@@ -110,9 +110,11 @@ def test_cancel_stops_the_job(job: Any, tmp_path: Path, executors: Mapping[str, 
 
 
 def test_wall_clock_timeout_kills_the_child(
-    job: Any, tmp_path: Path, executors: Mapping[str, Executor]
+    job: Any, tmp_path: Path, executors: Mapping[str, Executor], make_spec: Any
 ) -> None:
     spec, inputs = job
+    if spec.job_class == "noop":  # a forked noop child can finish inside 10 ms: keep it busy
+        spec = make_spec("noop", {"payload": "x", "duration_ms": 5000})
     out = tmp_path / "out"
     started = time.monotonic()
     result = executors[spec.job_class].run(ExecutionRequest(spec, inputs, out, timeout_s=0.01))
