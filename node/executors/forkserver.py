@@ -384,7 +384,7 @@ def main() -> int:
     import node.executors.noop
     import node.executors.runtime
     import node.executors.sandbox
-    import node.executors.tasks  # noqa: F401
+    import node.executors.tasks
 
     try:
         import av  # noqa: F401
