@@ -170,6 +170,12 @@ class ForkServer:
             self._exit(child, status)
         return child
 
+    def start(self) -> None:
+        """Start the server now rather than at the first job (its imports take ~0.5 s of
+        CPU, which would otherwise land on the first job of a burst)."""
+        with self._lock:
+            self._ensure_started()
+
     @property
     def pid(self) -> int | None:
         """The server's process ID while it runs."""

@@ -166,6 +166,13 @@ class Lifecycle:
         else:
             log.error("no runtime fingerprint: this node offers no job classes")
             return
+        from node.executors.registry import FORK_SERVER
+
+        if FORK_SERVER is not None:  # warm before the first offer; a failure shows per job
+            try:
+                await trio.to_thread.run_sync(FORK_SERVER.start)
+            except OSError as exc:
+                log.warning("fork server did not start (%s); jobs will try again", exc)
         self.node.update_ad(runtimes=self.runtimes, prices=dict(self.settings.prices))
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:

@@ -148,3 +148,18 @@ def test_many_jobs_at_once_each_get_their_own_child(
         assert execution._proc is not None
         pids.add(execution._proc.pid)
     assert len(pids) == 12
+
+
+def test_a_started_server_is_the_one_jobs_use(
+    server: ForkServer, make_spec: Any, tmp_path: Path
+) -> None:
+    assert server.pid is None  # not started until asked
+    server.start()
+    pid = server.pid
+    assert pid is not None
+    server.start()  # idempotent while it runs
+    assert server.pid == pid
+    executor = ChildProcessExecutor("noop", fork_server=server)
+    result = executor.run(ExecutionRequest(make_spec("noop", {"payload": "x"}), {}, tmp_path / "o"))
+    assert result.ok
+    assert server.pid == pid
