@@ -296,6 +296,12 @@ def _stop_pids(pids: list[tuple[int, str]], grace_s: float = 10.0) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            # SIGKILL is delivered asynchronously: wait (bounded) until the process is gone,
+            # or `down` would report a process that is about to vanish as left behind.
+            killed_by = time.monotonic() + 10.0
+            while _alive(pid, home) and time.monotonic() < killed_by:
+                _reap(pid)
+                time.sleep(0.02)
         _reap(pid)
     return [pid for pid, _ in running]
 

@@ -157,3 +157,25 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_a_node_that_ignores_sigterm_is_killed_and_gone_when_down_returns(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from testnet.local import _alive, _stop_pids
+
+    home = str(tmp_path / "stubborn-home")
+    code = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+        "print('up', flush=True); time.sleep(600)"  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code, home], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"up\n"
+        assert _alive(proc.pid, home)
+        assert _stop_pids([(proc.pid, home)], grace_s=0.2) == [proc.pid]
+        assert not _alive(proc.pid, home)  # no "still running" report for a dying process
+        assert not Path(f"/proc/{proc.pid}").exists()  # killed and reaped (down reaps)
+    finally:
+        proc.kill()
+        proc.wait()
