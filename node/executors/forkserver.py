@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,7 @@ class ForkServer:
         self._pending: dict[int, tuple[threading.Event, list[int]]] = {}
         self._children: dict[int, ForkedChild] = {}
         self._early_exits: dict[int, int] = {}
+        self._last_used = time.monotonic()
 
     def spawn(self, request: dict[str, Any], *, env: dict[str, str], cwd: Path) -> ForkedChild:
         """Fork a job child running `request`; raise OSError if the server is unusable."""
@@ -135,6 +137,7 @@ class ForkServer:
         try:
             with self._lock:
                 sock = self._ensure_started()
+                self._last_used = time.monotonic()
                 server = self._proc
                 token = self._next_token
                 self._next_token += 1
@@ -175,6 +178,22 @@ class ForkServer:
         CPU, which would otherwise land on the first job of a burst)."""
         with self._lock:
             self._ensure_started()
+            self._last_used = time.monotonic()
+
+    def close_if_idle(self, idle_s: float) -> bool:
+        """Stop the server if no child of it runs and nothing used it for `idle_s`: an idle
+        worker gives its ~60 MB back. Race-free with `spawn` (both hold the lock), and the
+        next job simply starts a new server."""
+        with self._lock:
+            running = self._proc is not None and self._proc.poll() is None
+            if not running or self._children or self._pending:
+                return False
+            if time.monotonic() - self._last_used < idle_s:
+                return False
+            sock, proc = self._sock, self._proc
+            self._sock = self._proc = None
+        self._stop(sock, proc)
+        return True
 
     @property
     def pid(self) -> int | None:
@@ -187,6 +206,10 @@ class ForkServer:
         with self._lock:
             sock, proc = self._sock, self._proc
             self._sock = self._proc = None
+        self._stop(sock, proc)
+
+    @staticmethod
+    def _stop(sock: socket.socket | None, proc: subprocess.Popen[bytes] | None) -> None:
         if sock is not None:
             # shutdown, not just close: it wakes the reply reader blocked on this socket,
             # and the server sees end of stream even while that read holds the socket.

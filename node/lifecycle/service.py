@@ -142,6 +142,7 @@ class Lifecycle:
                 nursery.start_soon(self.refunds.run)
             if self.executes:
                 nursery.start_soon(self._advertise)
+                nursery.start_soon(self.worker.stop_idle_fork_server)
             task_status.started()
             self._resume()
 
@@ -166,13 +167,6 @@ class Lifecycle:
         else:
             log.error("no runtime fingerprint: this node offers no job classes")
             return
-        from node.executors.registry import FORK_SERVER
-
-        if FORK_SERVER is not None:  # warm before the first offer; a failure shows per job
-            try:
-                await trio.to_thread.run_sync(FORK_SERVER.start)
-            except OSError as exc:
-                log.warning("fork server did not start (%s); jobs will try again", exc)
         self.node.update_ad(runtimes=self.runtimes, prices=dict(self.settings.prices))
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:

@@ -16,7 +16,7 @@ import trio
 
 from node.app import now_ms
 from node.executors import ExecutionRequest, ExecutionResult, Executor
-from node.executors.registry import get_executor
+from node.executors.registry import FORK_SERVER, get_executor
 from node.lifecycle.escrow import terms_from_json, terms_on_chain
 from node.lifecycle.faults import tamper_result
 from protocol.envelope import SignedMessage
@@ -46,6 +46,9 @@ __all__ = ["WorkerRole"]
 # after (a late receipt for an ended job is still kept as evidence until then).
 _FORGET_AFTER_S = 300.0
 _PRUNE_EVERY = 64  # offers
+# The fork server (~60 MB) is started when the worker bids, so it is warm by the time the
+# assignment comes, and stopped after this long without a job.
+FORK_SERVER_IDLE_S = 120.0
 
 log = logging.getLogger("c0.worker")
 
@@ -80,6 +83,30 @@ class WorkerRole:
         self.approved: dict[str, trio.Event] = {}  # client address -> approval sent
         self.work_root = lc.node.home / "work"
         self._offers = 0
+        self._warming = False
+
+    def _warm_fork_server(self) -> None:
+        if FORK_SERVER is None or FORK_SERVER.pid is not None or self._warming:
+            return
+        self._warming = True
+        self.lc.spawn(self._start_fork_server)
+
+    async def _start_fork_server(self) -> None:
+        assert FORK_SERVER is not None
+        try:
+            await trio.to_thread.run_sync(FORK_SERVER.start)
+        except OSError as exc:  # the job then falls back to a fresh interpreter
+            log.warning("fork server did not start: %s", exc)
+        finally:
+            self._warming = False
+
+    async def stop_idle_fork_server(self) -> None:
+        """Give the fork server's memory back when no job has used it for a while."""
+        if FORK_SERVER is None:
+            return
+        while True:
+            await trio.sleep(FORK_SERVER_IDLE_S / 4)  # pacing of a housekeeping check
+            await trio.to_thread.run_sync(FORK_SERVER.close_if_idle, FORK_SERVER_IDLE_S)
 
     def _forget_old(self) -> None:
         """Drop offers never assigned and jobs ended, once `_FORGET_AFTER_S` old: without
@@ -120,6 +147,7 @@ class WorkerRole:
         if s.stake_lock_wei:
             await self._approve(offer.client_eth)
         self.jobs[(offer.job_id, offer.attempt)] = WorkerJob(offer, peer)
+        self._warm_fork_server()
         self._offers += 1
         if self._offers % _PRUNE_EVERY == 0:
             self._forget_old()

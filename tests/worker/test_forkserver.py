@@ -163,3 +163,27 @@ def test_a_started_server_is_the_one_jobs_use(
     result = executor.run(ExecutionRequest(make_spec("noop", {"payload": "x"}), {}, tmp_path / "o"))
     assert result.ok
     assert server.pid == pid
+
+
+def test_an_idle_server_is_stopped_and_the_next_job_starts_another(
+    server: ForkServer, make_spec: Any, tmp_path: Path
+) -> None:
+    executor = ChildProcessExecutor("noop", fork_server=server)
+    assert not server.close_if_idle(0.0)  # not running: nothing to stop
+    long_spec = make_spec("noop", {"duration_ms": 60_000})
+    execution, _, pidfd = _busy_child(executor, long_spec, tmp_path / "busy")
+    first = server.pid
+    assert first is not None
+    assert not server.close_if_idle(0.0)  # a child of it runs
+    executor.cancel(execution)
+    assert _exits_within(pidfd)
+    assert executor.wait(execution, timeout=30) is not None
+    assert execution._proc.wait(10) is not None  # the server has reported the exit
+    assert not server.close_if_idle(3600.0)  # used too recently
+    server_pidfd = os.pidfd_open(first)
+    assert server.close_if_idle(0.0)
+    assert _exits_within(server_pidfd)
+    assert server.pid is None
+    result = executor.run(ExecutionRequest(make_spec("noop", {"payload": "x"}), {}, tmp_path / "o"))
+    assert result.ok
+    assert server.pid not in (None, first)
