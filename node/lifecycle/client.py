@@ -347,7 +347,14 @@ class ClientRole:
             return None
         chain_now = await lc.escrow.now()
         remaining_s = max(2, (deadline_ms - now_ms()) // 1000)
-        commit_deadline = chain_now + max(1, int(remaining_s * 0.6))
+        # Deadlines on a grid of ~1/60 of the time left (5 s for the default 300 s), rounded
+        # down: jobs funded close together then share their terms' common part, which the
+        # escrow takes once per batch (at most MAX_GROUPS distinct ones per transaction).
+        grid = max(1, remaining_s // 60)
+        chain_deadline = (chain_now + remaining_s) // grid * grid
+        commit_deadline = max(
+            chain_now + 1, (chain_now + max(1, int(remaining_s * 0.6))) // grid * grid
+        )
         offer = Offer(
             job_id=job_id,
             spec=spec,
@@ -443,7 +450,7 @@ class ClientRole:
                 client=lc.node.identity.eth_address,
                 arbiter=lc.arbiter_address(),
                 commit_deadline=commit_deadline,
-                deadline=chain_now + remaining_s,
+                deadline=max(chain_deadline, commit_deadline + 1),
                 quorum=k,
             ),
             tuple(EscrowAssignment(b[3].eth_address, b[0], stake_lock) for b in winners),

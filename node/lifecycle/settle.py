@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.chain.client import TxResult
-from protocol.settlement import STATUS_DISPUTED, STATUS_OPEN, EscrowTerms, SettlementError
+from protocol.settlement import (
+    MAX_GROUPS,
+    STATUS_DISPUTED,
+    STATUS_OPEN,
+    EscrowTerms,
+    SettlementError,
+)
 
 if TYPE_CHECKING:
     from node.lifecycle.service import Lifecycle
@@ -43,6 +49,22 @@ async def _gather(
             batcher._wake = trio.Event()
 
 
+def _take(queue: list[_Pending], limit: int) -> tuple[list[_Pending], list[_Pending]]:
+    """The next batch, oldest first: at most `limit` jobs and at most MAX_GROUPS distinct
+    commons (the escrow refuses more); the rest stays queued in order."""
+    batch: list[_Pending] = []
+    rest: list[_Pending] = []
+    commons: set[Any] = set()
+    for pending in queue:
+        common = pending.terms.common
+        if len(batch) < limit and (common in commons or len(commons) < MAX_GROUPS):
+            commons.add(common)
+            batch.append(pending)
+        else:
+            rest.append(pending)
+    return batch, rest
+
+
 class ReleaseBatcher:
     """Collects verified jobs for a short interval and releases them in one transaction."""
 
@@ -69,7 +91,7 @@ class ReleaseBatcher:
             while self.queue:
                 # while other attempts are still running, their verdicts may join too
                 await _gather(self, s.release_batch, s.release_max_wait_s, self._more_coming)
-                batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
+                batch, self.queue = _take(self.queue, s.release_batch)
                 await self._release(batch)
 
     def _more_coming(self) -> bool:
@@ -124,7 +146,7 @@ class OpenBatcher:
             while self.queue:
                 # while other jobs are still collecting bids, they may join this open
                 await _gather(self, s.release_batch, s.open_max_wait_s, self._more_coming)
-                batch, self.queue = self.queue[: s.release_batch], self.queue[s.release_batch :]
+                batch, self.queue = _take(self.queue, s.release_batch)
                 await self._open(batch)
 
     def _more_coming(self) -> bool:

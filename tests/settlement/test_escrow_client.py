@@ -241,3 +241,35 @@ def test_calldata_is_what_web3_encodes(parties: Parties) -> None:
         expected = p.client.contract.get_function_by_name(name)(*args)._encode_transaction_data()
         assert p.client.encode_call(name, *args) == expected, name
     assert all(p.client.job_status(t) == S.STATUS_OPEN for t in batch)
+
+
+def test_batches_never_hold_more_commons_than_the_escrow_takes(parties: Parties) -> None:
+    """Jobs funded at different times carry different deadlines, so a release of many
+    jobs can span more distinct commons than the contract accepts (MAX_GROUPS); the
+    batcher splits by commons, oldest first, and every batch it forms goes through."""
+    from node.lifecycle.settle import _Pending, _take
+
+    p = parties
+    n = S.MAX_GROUPS + 3
+    terms = [p.terms(job_id(f"g{i}"), commit_in=600 + i, deadline_in=1200 + i) for i in range(n)]
+    assert len({t.common for t in terms}) == n
+    with pytest.raises(SettlementError):
+        S.group_terms(terms)  # one batch of all of them is refused before it is sent
+    queue = [_Pending(t) for t in terms]
+    opened: list[S.EscrowTerms] = []
+    while queue:
+        batch, queue = _take(queue, 50)
+        assert 0 < len({q.terms.common for q in batch}) <= S.MAX_GROUPS
+        opened.extend(p.client.open([q.terms for q in batch]).opened)
+    assert [t.job_id for t in opened] == [t.job_id for t in terms]  # order kept
+    pending = [_Pending(t) for t in opened]
+    first, rest = _take(pending, 50)
+    assert [q.terms for q in first] == opened[: S.MAX_GROUPS]
+    assert [q.terms for q in rest] == opened[S.MAX_GROUPS :]
+    for batch in (first, rest):
+        chunk = [q.terms for q in batch]
+        expires = p.chain.now() + 600
+        p.client.release(chunk, expires, p.client.sign_release(chunk, expires))
+    assert all(p.client.job_status(t) == S.STATUS_SETTLED for t in opened)
+    limited, left = _take([_Pending(t) for t in opened[:3]], 2)
+    assert (len(limited), len(left)) == (2, 1)
