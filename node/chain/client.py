@@ -109,10 +109,10 @@ class EscrowClient:
     # ------------------------------------------------------------ views
 
     def balance(self, who: str | None = None) -> int:
-        return int(self.contract.functions.balances(who or self.account.address).call())
+        return self._view_uint("balances", to_checksum_address(who or self.account.address))
 
     def stake_of(self, who: str | None = None) -> int:
-        return int(self.contract.functions.stakes(who or self.account.address).call())
+        return self._view_uint("stakes", to_checksum_address(who or self.account.address))
 
     def job_status(self, terms: EscrowTerms) -> int:
         """STATUS_* of the escrow `terms.ref` points at, or STATUS_UNKNOWN if it does not hold
@@ -123,7 +123,7 @@ class EscrowClient:
 
     def status(self, seq: int) -> int:
         """STATUS_* of the escrow numbered `seq`."""
-        return int(self.contract.functions.status(seq).call())
+        return self._view_uint("status", seq)
 
     def contract_balance(self) -> int:
         return int(self.w3.eth.get_balance(self.address))

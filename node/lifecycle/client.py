@@ -98,10 +98,10 @@ class ClientRole:
         lc.node.on_ad.append(lambda _worker: self._wake_all())
 
     def unverified(self) -> int:
-        """Jobs of ours on their way to a verdict: running, being funded, bidding, or
-        waiting for a worker with room (their releases may still join a batch)."""
-        waiting = sum(1 for w in self._room if not w.is_set())
-        return len(self.active) + len(self.bidding) + waiting
+        """Jobs of ours on their way to a verdict: running or being funded (`active`),
+        bidding or waiting for a worker with room (`bidding`); their releases may still
+        join a batch."""
+        return len(self.active) + len(self.bidding)
 
     def _free(self, count: int) -> None:
         """`count` of our slots at workers were freed: wake as many waiting jobs."""

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -18,6 +19,7 @@ from node.lifecycle import ChainInfo, Lifecycle, LifecycleSettings
 from node.net.memory import MemoryHub
 from node.store import JobRecord
 from protocol.identity import Identity
+from protocol.jobs import job_id_from_text
 from tests.net.conftest import ident
 
 Settings = Callable[[int], LifecycleSettings]
@@ -173,6 +175,20 @@ async def wait_record(
 async def wait_state(lc: Lifecycle, job_id: bytes, states: set[str], limit_s: float = 60) -> str:
     """Wait until the job's record reaches one of `states`; return that state."""
     return (await wait_record(lc, job_id, states, limit_s)).state
+
+
+def submit_noop(
+    lc: Lifecycle, params: dict[str, Any], *, redundancy: int, deadline_s: int = 120
+) -> bytes:
+    """Submit a noop job from `lc` (max price 10**15 wei); its job ID."""
+    text = lc.client.submit(
+        {"job_class": "noop", "params": params},
+        {},
+        redundancy=redundancy,
+        max_price=10**15,
+        deadline_s=deadline_s,
+    )
+    return job_id_from_text(text)
 
 
 def offering(lc: Lifecycle) -> int:

@@ -10,7 +10,13 @@ from node.lifecycle import worker as worker_module
 from node.lifecycle.escrow import terms_from_json
 from protocol.jobs import job_id_from_text
 from protocol.settlement import STATUS_SETTLED
-from tests.lifecycle.conftest import memory_swarm, offering, wait_record, wait_state
+from tests.lifecycle.conftest import (
+    memory_swarm,
+    offering,
+    submit_noop,
+    wait_record,
+    wait_state,
+)
 from tests.net.conftest import wait_for
 
 
@@ -19,14 +25,7 @@ async def test_noop_job_with_redundancy_two_settles(tmp_path: Path) -> None:
         client = swarm.client
         await wait_for(lambda: offering(client) == 2, 60)
         before = [swarm.balance(i) for i in (1, 2)]
-        text = client.client.submit(
-            {"job_class": "noop", "params": {"payload": "hello"}},
-            {},
-            redundancy=2,
-            max_price=10**15,
-            deadline_s=120,
-        )
-        job_id = job_id_from_text(text)
+        job_id = submit_noop(client, {"payload": "hello"}, redundancy=2)
         state = await wait_state(client, job_id, {"settled", "refunded", "cancelled"})
         assert state == "settled"
         after = [swarm.balance(i) for i in (1, 2)]
@@ -121,14 +120,7 @@ async def test_wrong_output_is_detected_unpaid_and_slashed(tmp_path: Path) -> No
         await wait_for(lambda: offering(client) == 2, 60)
         honest_before, wrong_before = swarm.balance(1), swarm.balance(2)
         wrong_stake = swarm.stake(2)
-        text = client.client.submit(
-            {"job_class": "noop", "params": {"payload": "check me"}},
-            {},
-            redundancy=2,
-            max_price=10**15,
-            deadline_s=120,
-        )
-        job_id = job_id_from_text(text)
+        job_id = submit_noop(client, {"payload": "check me"}, redundancy=2)
         assert await wait_state(client, job_id, {"settled", "refunded"}) == "settled"
         assert swarm.balance(1) - honest_before == 10**12  # honest: paid
         assert swarm.balance(2) == wrong_before  # wrong: unpaid
@@ -153,14 +145,7 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
         client = swarm.client
         await wait_for(lambda: offering(client) == 3, 60)
         before = [swarm.balance(i) for i in (1, 2, 3)]
-        text = client.client.submit(
-            {"job_class": "noop", "params": {"duration_ms": 4000}},
-            {},
-            redundancy=2,
-            max_price=10**15,
-            deadline_s=120,
-        )
-        job_id = job_id_from_text(text)
+        job_id = submit_noop(client, {"duration_ms": 4000}, redundancy=2)
         await wait_state(client, job_id, {"running"})
         rec = client.node.store.get_job(job_id)
         assert rec is not None
@@ -190,14 +175,7 @@ async def test_client_vanishes_after_funding_and_workers_claim(tmp_path: Path) -
         client = swarm.client
         await wait_for(lambda: offering(client) == 2, 60)
         before = [swarm.balance(i) for i in (1, 2)]
-        text = client.client.submit(
-            {"job_class": "noop", "params": {"duration_ms": 500}},
-            {},
-            redundancy=2,
-            max_price=10**15,
-            deadline_s=30,
-        )
-        job_id = job_id_from_text(text)
+        job_id = submit_noop(client, {"duration_ms": 500}, redundancy=2, deadline_s=30)
         await wait_state(client, job_id, {"assigned", "running"})
         await swarm.kill(0)  # the client disappears with the escrow funded
         worker = swarm.lc(1)
@@ -253,14 +231,7 @@ async def test_client_restarted_mid_job_resumes(tmp_path: Path) -> None:
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
         await wait_for(lambda: offering(client) == 2, 60)
-        text = client.client.submit(
-            {"job_class": "noop", "params": {"duration_ms": 1500}},
-            {},
-            redundancy=2,
-            max_price=10**15,
-            deadline_s=120,
-        )
-        job_id = job_id_from_text(text)
+        job_id = submit_noop(client, {"duration_ms": 1500}, redundancy=2)
         await wait_state(client, job_id, {"running"})
         await swarm.kill(0)
         restarted = await swarm.start(0)  # same home, same database
@@ -286,14 +257,7 @@ async def test_lazy_worker_copying_a_commitment_cannot_reveal_it(tmp_path: Path)
         client = swarm.client
         await wait_for(lambda: offering(client) == 3, 60)
         lazy_before = swarm.balance(1)
-        text = client.client.submit(
-            {"job_class": "noop", "params": {}},
-            {},
-            redundancy=2,
-            max_price=10**15,
-            deadline_s=30,
-        )
-        job_id = job_id_from_text(text)
+        job_id = submit_noop(client, {}, redundancy=2, deadline_s=30)
         assert await wait_state(client, job_id, {"settled", "refunded"}, 90) == "settled"
         rec = client.node.store.get_job(job_id)
         assert rec is not None
@@ -322,19 +286,9 @@ async def test_a_worker_waiting_to_be_paid_takes_the_next_job(
         client = swarm.client
         await wait_for(lambda: offering(client) == 1, 60)
 
-        def submit(payload: str) -> bytes:
-            text = client.client.submit(
-                {"job_class": "noop", "params": {"payload": payload}},
-                {},
-                redundancy=1,
-                max_price=10**15,
-                deadline_s=120,
-            )
-            return job_id_from_text(text)
-
-        first = submit("one")
+        first = submit_noop(client, {"payload": "one"}, redundancy=1)
         assert await wait_state(client, first, {"verified", "settled", "refunded"}) == "verified"
-        second = submit("two")
+        second = submit_noop(client, {"payload": "two"}, redundancy=1)
         assert await wait_state(client, second, {"verified", "settled", "refunded"}) == "verified"
         assert client.node.store.get_job(first).state == "verified"  # still unpaid
         worker = swarm.lc(1).worker
@@ -351,14 +305,7 @@ async def test_a_worker_forgets_lost_offers_and_ended_jobs(
     async with memory_swarm(tmp_path, workers=2) as swarm:
         client = swarm.client
         await wait_for(lambda: offering(client) == 2, 60)
-        text = client.client.submit(
-            {"job_class": "noop", "params": {"payload": "x"}},
-            {},
-            redundancy=1,
-            max_price=10**15,
-            deadline_s=120,
-        )
-        job_id = job_id_from_text(text)
+        job_id = submit_noop(client, {"payload": "x"}, redundancy=1)
         assert await wait_state(client, job_id, {"settled", "refunded"}) == "settled"
         workers = [swarm.lc(i).worker for i in (1, 2)]
         await wait_for(lambda: all(j.ended for w in workers for j in w.jobs.values()

@@ -61,10 +61,9 @@ def test_receiving_skips_only_records_already_verified() -> None:
     assert pubsub.maybe_consume_signed_record(_rpc(record_a), b, a.get_id())
 
 
-@pytest.mark.parametrize("peers", [3])
-def test_the_receive_cache_is_bounded(peers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_receive_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pubsub_records, "_MAX_PEERS", 2)
-    hosts = [_host(10 + i) for i in range(peers)]
+    hosts = [_host(10 + i) for i in range(3)]
     receiver = _host(20)
     for h in hosts:
         record, _ = pubsub.env_to_send_in_RPC(h)
