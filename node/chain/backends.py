@@ -11,6 +11,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 
+from node.chain.rpc import JsonRpc
 from protocol.errors import UserError
 
 # The standard development mnemonic: anvil, hardhat and ganache fund its first accounts.
@@ -29,10 +30,20 @@ class Chain:
     url: str | None = None
     dev_keys: Sequence[bytes] = ()
     _tester: Any = field(default=None, repr=False)
+    # JSON-RPC chains: the reads made on every job bypass web3 (see node/chain/rpc.py)
+    rpc: JsonRpc | None = field(default=None, repr=False)
 
     def now(self) -> int:
         """Timestamp of the latest block: the clock the contract's deadlines are measured on."""
+        if self.rpc is not None:
+            return self.rpc.latest_timestamp()
         return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def eth_call(self, to: str, data: str) -> bytes:
+        """The result of calling `to` with calldata `data` (hex) in the latest block."""
+        if self.rpc is not None:
+            return self.rpc.eth_call(to, data)
+        return bytes(self.w3.eth.call({"to": to, "data": data}))  # type: ignore[typeddict-item]
 
     def dev_account(self, index: int) -> LocalAccount:
         if index >= len(self.dev_keys):
@@ -98,4 +109,11 @@ def rpc_chain(
     w3.middleware_onion.remove("validation")
     is_dev = actual == ANVIL_CHAIN_ID if dev is None else dev
     keys = dev_keys_from_mnemonic() if is_dev else []
-    return Chain(w3=w3, kind="rpc", chain_id=actual, url=url, dev_keys=keys)
+    return Chain(
+        w3=w3,
+        kind="rpc",
+        chain_id=actual,
+        url=url,
+        dev_keys=keys,
+        rpc=JsonRpc(url, timeout=timeout),
+    )

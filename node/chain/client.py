@@ -236,8 +236,7 @@ class EscrowClient:
 
     def _view_uint(self, fn_name: str, *args: Any) -> int:
         data = self.encode_call(fn_name, *args)
-        raw = self.w3.eth.call({"to": self.address, "data": data})
-        return int(abi_decode(["uint256"], bytes(raw))[0])
+        return int(abi_decode(["uint256"], self.chain.eth_call(self.address, data))[0])
 
     def _call(self, fn_name: str, *args: Any, value: int = 0) -> TxResult:
         data = self.encode_call(fn_name, *args)

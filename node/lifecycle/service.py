@@ -96,7 +96,7 @@ class Lifecycle:
             node.on(name, handler)
         self.runtimes: dict[str, dict[str, Any]] = {}
         if self.executes:
-            node.update_ad(max_concurrent=settings.max_concurrent)
+            node.update_ad(max_concurrent=settings.capacity)  # the ad's field: jobs taken at once
 
     # ------------------------------------------------------------ running
     async def run_with_node(

@@ -39,7 +39,12 @@ class LifecycleSettings:
         ("media.transcode", 10**15),
         ("llm.generate", 10**15),
     )
-    max_concurrent: int = 2
+    max_concurrent: int = 2  # executor children at once
+    # Jobs accepted beyond those, waiting for a child slot (heartbeating "queued"): while
+    # one job runs, the next is funded and assigned, so the executor is not idle for the
+    # ~0.8 s a job spends between its bid and its assignment. The ad advertises
+    # max_concurrent + max_queued as the jobs this worker takes at once.
+    max_queued: int = 4
     stake_wei: int = 10**17  # staked at start when the node has no stake yet
     stake_lock_wei: int = 10**14  # locked per job; lost to the client for a wrong result
     heartbeat_s: float = 1.0
@@ -65,6 +70,11 @@ class LifecycleSettings:
     default_deadline_s: int = 300
     arbiter: str = ""  # Ethereum address named in the terms; default: the chain file's
     reputation_threshold: float = 0.3
+
+    @property
+    def capacity(self) -> int:
+        """Jobs this worker takes at once: running, or accepted and waiting for a slot."""
+        return max(1, self.max_concurrent) + max(0, self.max_queued)
 
     def price(self, job_class: str) -> int:
         return dict(self.prices)[job_class]

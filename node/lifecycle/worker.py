@@ -65,7 +65,7 @@ class WorkerJob:
     terms: EscrowTerms | None = None
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     released: trio.Event = field(default_factory=trio.Event)
-    counted: bool = False  # counts towards WorkerRole.running (max_concurrent)
+    counted: bool = False  # counts towards WorkerRole.running (settings.capacity)
     touched: float = field(default_factory=time.monotonic)  # offered, or ended
     ended: bool = False
 
@@ -77,8 +77,8 @@ class WorkerRole:
         self.lc = lc
         self.jobs: dict[tuple[bytes, int], WorkerJob] = {}
         self.running = 0
-        # Bids are refused while max_concurrent jobs run, but assignments that arrive
-        # together can still exceed it: they wait for a slot here, heartbeating.
+        # Bids are refused while `capacity` jobs are taken (running or queued); at most
+        # max_concurrent run at once, the others wait for a slot here, heartbeating.
         self.slots = trio.Semaphore(max(1, lc.settings.max_concurrent))
         self.approved: dict[str, trio.Event] = {}  # client address -> approval sent
         self.work_root = lc.node.home / "work"
@@ -140,7 +140,7 @@ class WorkerRole:
             return decline("unsupported_class", offer.spec.job_class)
         if price > offer.max_price:
             return decline("price", f"price {price} > max {offer.max_price}")
-        if self.running >= s.max_concurrent:
+        if self.running >= s.capacity:
             return decline("busy")
         if offer.deadline <= now_ms():
             return decline("deadline_passed")
@@ -254,7 +254,7 @@ class WorkerRole:
             job.ended, job.touched = True, time.monotonic()
 
     def _uncount(self, job: WorkerJob) -> None:
-        """The job no longer takes one of max_concurrent: its result is delivered (only
+        """The job no longer takes one of `capacity`: its result is delivered (only
         the payment is awaited, which costs nothing) or it ended."""
         if job.counted:
             job.counted = False

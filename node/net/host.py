@@ -29,7 +29,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.config import NodeConfig
-from node.net import pubsub_records
+from node.net import pubsub_records, yamux_window
 from node.net.caps import Action
 from node.net.streams import ByteStream, Libp2pByteStream
 from node.net.transport import GossipValidator, StreamHandler
@@ -90,6 +90,7 @@ class Libp2pTransport:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
         pubsub_records.install()
+        yamux_window.install()
         gossipsub = GossipSub(
             # meshsub/1.1.0 only: 1.2 adds IDONTWANT, which py-libp2p sends to every mesh
             # peer before forwarding each message, whatever its size. For ads of ~1 KB that

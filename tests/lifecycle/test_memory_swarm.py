@@ -280,7 +280,9 @@ async def test_a_worker_waiting_to_be_paid_takes_the_next_job(
     from node.lifecycle import LifecycleSettings
 
     def settings(i: int) -> LifecycleSettings:
-        return dataclasses.replace(LifecycleSettings(), max_concurrent=1, release_interval_s=3600)
+        return dataclasses.replace(
+            LifecycleSettings(), max_concurrent=1, max_queued=0, release_interval_s=3600
+        )
 
     async with memory_swarm(tmp_path, workers=1, settings=settings) as swarm:
         client = swarm.client
@@ -297,6 +299,37 @@ async def test_a_worker_waiting_to_be_paid_takes_the_next_job(
         monkeypatch.setattr(worker_module, "_FORGET_AFTER_S", -1.0)
         worker._forget_old()
         assert {job_id for job_id, _ in worker.jobs} == {first, second}
+
+
+async def test_a_worker_queues_accepted_jobs_and_runs_one_at_a_time(tmp_path: Path) -> None:
+    """max_queued: a one-slot worker takes the next job while one runs (it is funded and
+    assigned meanwhile), and starts it only when the slot is free."""
+    import dataclasses
+
+    from node.lifecycle import LifecycleSettings
+
+    def settings(i: int) -> LifecycleSettings:
+        return dataclasses.replace(LifecycleSettings(), max_concurrent=1, max_queued=1)
+
+    async with memory_swarm(tmp_path, workers=1, settings=settings) as swarm:
+        client, worker = swarm.client, swarm.lc(1)
+        await wait_for(lambda: offering(client) == 1, 60)
+        ad = next(iter(client.node.caps.values())).ad
+        assert ad.max_concurrent == 2  # the ad tells clients the jobs it takes at once
+        first = submit_noop(client, {"payload": "a", "duration_ms": 1500}, redundancy=1)
+        await wait_state(worker, first, {"running"})
+        second = submit_noop(client, {"payload": "b"}, redundancy=1)
+        for job in (first, second):
+            assert await wait_state(client, job, {"settled", "refunded"}) == "settled"
+        at: dict[bytes, dict[str, int]] = {}
+        for job in (first, second):
+            for signed in worker.node.events.events(job):
+                e = signed.message
+                at.setdefault(job, {}).setdefault(e.state, e.timestamp)  # type: ignore[attr-defined]
+        # accepted while the first still ran (without a queue it was declined as busy) ...
+        assert at[second]["assigned"] < at[first]["committed"]
+        # ... and started only once the first's child was done
+        assert at[second]["running"] >= at[first]["running"] + 1500
 
 
 async def test_a_worker_forgets_lost_offers_and_ended_jobs(

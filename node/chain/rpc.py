@@ -1,0 +1,107 @@
+"""A lean JSON-RPC client for the reads a node makes on every job.
+
+web3's request path (middleware onion, request formatters, `requests` and urllib3, result
+formatters; a whole block formatted to read its timestamp) cost a worker more CPU per job
+than anything else it did: one escrow-status read before it accepts an assignment and
+one or more while it waits to be paid. These reads go over `http.client` instead, one
+kept-alive connection per thread, and return raw results. Transactions still go through
+web3 (they are rarer: one per batch, and they need its signing and error decoding).
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["JsonRpc", "RpcError"]
+
+
+class RpcError(Exception):
+    """The endpoint answered with a JSON-RPC error (`code`, `message`), or not JSON-RPC."""
+
+    def __init__(self, message: str, code: int | None = None, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = data
+
+
+class JsonRpc:
+    """Thread-safe: each thread that calls gets its own persistent connection."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(f"not an http(s) JSON-RPC url: {url}")
+        self.url = url
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port
+        self._path = parts.path or "/"
+        if parts.query:
+            self._path += "?" + parts.query
+        self._timeout = timeout
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        ).encode()
+        headers = {"Content-Type": "application/json"}
+        for attempt in range(2):  # a kept-alive connection the server closed: one redo
+            conn = self._connection()
+            try:
+                conn.request("POST", self._path, body, headers)
+                response = conn.getresponse()
+                raw = response.read()
+            except (http.client.HTTPException, OSError):
+                self._drop()
+                if attempt:
+                    raise
+                continue
+            if response.status != 200:
+                self._drop()
+                raise RpcError(f"HTTP {response.status} from {self.url}")
+            break
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            raise RpcError(f"not JSON from {self.url}") from None
+        if not isinstance(reply, dict):
+            raise RpcError(f"not a JSON-RPC reply from {self.url}")
+        error = reply.get("error")
+        if error is not None:
+            if isinstance(error, dict):
+                raise RpcError(str(error.get("message")), error.get("code"), error.get("data"))
+            raise RpcError(str(error))
+        return reply.get("result")
+
+    def eth_call(self, to: str, data: str, block: str = "latest") -> bytes:
+        result = self.call("eth_call", [{"to": to, "data": data}, block])
+        if not isinstance(result, str) or not result.startswith("0x"):
+            raise RpcError(f"eth_call returned {result!r}")
+        return bytes.fromhex(result[2:])
+
+    def latest_timestamp(self) -> int:
+        block = self.call("eth_getBlockByNumber", ["latest", False])
+        if not isinstance(block, dict) or not isinstance(block.get("timestamp"), str):
+            raise RpcError(f"eth_getBlockByNumber returned {block!r}")
+        return int(block["timestamp"], 16)

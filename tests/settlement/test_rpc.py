@@ -1,0 +1,103 @@
+"""The lean JSON-RPC read path (node/chain/rpc.py) against a real anvil: the same answers
+web3 gives, errors typed, kept-alive connections re-opened when the server drops them."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+from eth_utils.address import to_checksum_address
+
+from node.chain import rpc_chain
+from node.chain.rpc import JsonRpc, RpcError
+from tests.settlement.conftest import Parties
+
+pytestmark = pytest.mark.anvil
+
+
+@pytest.fixture
+def rpc(anvil_url: str) -> JsonRpc:
+    return JsonRpc(anvil_url, timeout=10)
+
+
+def test_reads_match_web3(anvil_url: str, rpc: JsonRpc) -> None:
+    chain = rpc_chain(anvil_url)
+    assert chain.rpc is not None  # a JSON-RPC chain reads through it
+    assert rpc.latest_timestamp() == int(chain.w3.eth.get_block("latest")["timestamp"])
+    assert chain.now() == rpc.latest_timestamp()
+    assert int(rpc.call("eth_chainId", []), 16) == chain.chain_id
+
+
+@pytest.mark.parametrize("chain", [pytest.param("anvil", marks=pytest.mark.anvil)], indirect=True)
+def test_escrow_views_go_through_it(parties: Parties) -> None:
+    client = parties.client
+    assert client.chain.rpc is not None
+    data = client.encode_call("balances", to_checksum_address(client.account.address))
+    via_web3 = bytes(client.w3.eth.call({"to": client.address, "data": data}))  # type: ignore[typeddict-item]
+    assert client.chain.rpc.eth_call(client.address, data) == via_web3
+    assert client.balance() == int.from_bytes(via_web3, "big")
+
+
+def test_an_rpc_error_is_typed(rpc: JsonRpc) -> None:
+    with pytest.raises(RpcError) as err:
+        rpc.call("eth_noSuchMethod", [])
+    assert err.value.code is not None
+    with pytest.raises(RpcError):
+        rpc.eth_call("0x" + "00" * 19 + "01", "0xzz")  # not hex: the node refuses it
+
+
+def test_a_dropped_connection_is_reopened(rpc: JsonRpc) -> None:
+    before = rpc.latest_timestamp()
+    conn = rpc._connection()
+    conn.sock.close()  # type: ignore[union-attr]  # as a server closing an idle keep-alive
+    assert rpc.latest_timestamp() >= before
+    assert rpc._connection() is not conn
+
+
+def test_each_thread_has_its_own_connection(rpc: JsonRpc) -> None:
+    seen: list[object] = []
+
+    def read() -> None:
+        rpc.latest_timestamp()
+        seen.append(rpc._connection())
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(c) for c in seen}) == 4
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # the http.server API names it
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, body = (200, b"not json") if self.path == "/text" else (503, b"down")
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def garbage_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_that_is_not_json_rpc(garbage_server: str) -> None:
+    with pytest.raises(RpcError, match="not JSON"):
+        JsonRpc(garbage_server + "/text").latest_timestamp()
+    with pytest.raises(RpcError, match="HTTP 503"):
+        JsonRpc(garbage_server + "/down").latest_timestamp()
+    with pytest.raises(ValueError):
+        JsonRpc("ws://127.0.0.1:1")
