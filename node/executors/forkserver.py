@@ -13,8 +13,9 @@ becomes exactly what the fresh interpreter would have been:
   directory;
 - then `node.executors.child.run_job`: limits, ready line, the task, the report.
 
-The server imports PyAV but no library whose thread pool reads the environment on load
-(llama.cpp, numpy), so a child still gets its own thread settings (OMP_NUM_THREADS, …). It is
+The server imports PyAV before its first media child (`PRELOAD`), but no library whose
+thread pool reads the environment on load (llama.cpp, numpy), so a child still gets its
+own thread settings (OMP_NUM_THREADS, …). It is
 single-threaded, so forking it is safe. It reaps its children and reports each exit
 status (as `Popen.returncode` would give it) back to the parent, and it exits — killing
 any children left — when the parent closes the socket.
@@ -26,6 +27,8 @@ byte: [report pipe write end, stderr pipe write end].
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import os
 import select
@@ -336,6 +339,7 @@ def _run_child(item: dict[str, Any], report_w: int, stderr_w: int) -> int:
 
 def _serve(sock: socket.socket) -> None:
     children: set[int] = set()
+    preloaded: set[str] = set()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -370,6 +374,9 @@ def _serve(sock: socket.socket) -> None:
                 _send(sock, {"token": item.get("token"), "pid": 0})
                 continue
             report_w, stderr_w = fds
+            request = item.get("request")
+            if isinstance(request, dict):
+                _preload(str(request.get("job_class", "")), preloaded)
             pid = os.fork()
             if pid == 0:  # the job child: never returns into this loop
                 code = 70
@@ -398,13 +405,38 @@ def _serve(sock: socket.socket) -> None:
                 pass
 
 
+# Job classes whose task module the server imports (once, then freezes its heap again)
+# before it forks the first child of that class. Never llama.cpp or numpy: their
+# OpenMP/BLAS runtimes read OMP_NUM_THREADS once, when loaded, so llm children import it.
+PRELOAD: dict[str, tuple[str, ...]] = {
+    "media.probe": ("av", "node.executors.media"),
+    "media.thumbnail": ("av", "node.executors.media"),
+    "media.segment": ("av", "node.executors.media"),
+    "media.transcode": ("av", "node.executors.media", "node.executors.transcode"),
+}
+
+
+def _preload(job_class: str, loaded: set[str]) -> None:
+    """Import what children of `job_class` need, here, once (PyAV: ~80 ms a media child
+    would otherwise spend importing it). Lazily: PyAV's ~40 MB of mappings made every fork
+    of the server dearer (fork + exit of a noop child 0.7 -> 2.8 ms), so a worker that
+    runs only light jobs never pays for it. FFmpeg takes its thread counts per codec
+    context, not from the environment, and starts no thread on import."""
+    missing = [m for m in PRELOAD.get(job_class, ()) if m not in loaded]
+    if not missing:
+        return
+    for module in missing:
+        loaded.add(module)  # tried once: a worker without PyAV still runs other classes
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            break
+    gc.freeze()
+
+
 def main() -> int:
     sock = socket.socket(fileno=int(sys.argv[1]))
-    # What every job child needs, imported once here. PyAV too (~80 ms a media job would
-    # spend importing it): FFmpeg takes its thread counts per codec context, not from the
-    # environment, and starts no thread on import. Never llama.cpp or numpy: their
-    # OpenMP/BLAS runtimes read OMP_NUM_THREADS once, when loaded.
-    import gc
+    # What every job child needs, imported once here.
     import platform
 
     import node.executors.child
@@ -413,15 +445,8 @@ def main() -> int:
     import node.executors.noop
     import node.executors.runtime
     import node.executors.sandbox
-    import node.executors.tasks
+    import node.executors.tasks  # noqa: F401
 
-    try:
-        import av  # noqa: F401
-
-        import node.executors.media
-        import node.executors.transcode  # noqa: F401
-    except ImportError:  # a worker without PyAV still runs its other job classes
-        pass
     platform.uname()  # cached: every child's runtime fingerprint reads it
     # Measured per noop child: 11 ms of CPU with the task modules imported in the child,
     # 3.3 ms with them imported here and the heap frozen (the child's collector then

@@ -187,3 +187,25 @@ def test_an_idle_server_is_stopped_and_the_next_job_starts_another(
     result = executor.run(ExecutionRequest(make_spec("noop", {"payload": "x"}), {}, tmp_path / "o"))
     assert result.ok
     assert server.pid not in (None, first)
+
+
+def _maps_pyav(pid: int) -> bool:
+    return "libavcodec" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_pyav_is_loaded_into_the_server_only_for_media_jobs(
+    server: ForkServer, make_spec: Any, clip: Path, tmp_path: Path
+) -> None:
+    """Light jobs fork a light server (PyAV's mappings made every fork dearer); the first
+    media job loads PyAV into the server, and later media children inherit it."""
+    noop = ChildProcessExecutor("noop", fork_server=server)
+    assert noop.run(ExecutionRequest(make_spec("noop", {"payload": "x"}), {}, tmp_path / "a")).ok
+    assert server.pid is not None
+    assert not _maps_pyav(server.pid)
+    probe = ChildProcessExecutor("media.probe", fork_server=server)
+    spec = make_spec("media.probe", {}, {"source": clip})
+    for i in range(2):
+        result = probe.run(ExecutionRequest(spec, {"source": clip}, tmp_path / f"p{i}"))
+        assert result.ok, result.manifest.get("error")
+    assert _maps_pyav(server.pid)
+    assert noop.run(ExecutionRequest(make_spec("noop", {"payload": "y"}), {}, tmp_path / "b")).ok
