@@ -149,18 +149,60 @@ def onchain_job_id(job_id: bytes) -> bytes:
     raise SettlementError("bad job id", "expected a 34-byte SHA-256 multihash or a 32-byte digest")
 
 
+def _address_word(address: str) -> bytes:
+    raw = bytes.fromhex(address[2:] if address[:2] in ("0x", "0X") else address)
+    if len(raw) != 20:
+        raise ValueError(f"not an address: {address!r}")
+    return bytes(12) + raw
+
+
+def _uint_word(value: int) -> bytes:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**256:
+        raise ValueError(f"not a uint256: {value!r}")
+    return value.to_bytes(32, "big")
+
+
+def _common_encoding(common: Common) -> bytes:
+    """abi.encode of the Common struct: all its fields are static, one word each."""
+    return b"".join(
+        (
+            _address_word(common.client),
+            _address_word(common.verifier),
+            _uint_word(common.verifier_fee),
+            _uint_word(common.quorum),
+            _uint_word(common.commit_deadline),
+            _uint_word(common.deadline),
+            _address_word(common.arbiter),
+        )
+    )
+
+
 def common_hash(common: Common) -> bytes:
-    return keccak(abi_encode([COMMON_ABI], [common.as_abi()]))
+    """keccak256(abi.encode(common)). Encoded word by word: eth_abi's general encoder
+    (validation, registry look-ups per value) made terms hashing a visible share of a
+    node's CPU per job (every open, assignment and Merkle proof hashes terms); a test
+    checks the bytes equal eth_abi's."""
+    return bytes(keccak(_common_encoding(common)))
+
+
+def terms_encoding(terms: EscrowTerms) -> bytes:
+    """abi.encode(bytes32 job_id, bytes32 common_hash, (address,uint256,uint256)[])."""
+    if len(terms.job_id) != 32:
+        raise ValueError("job_id must be 32 bytes")
+    parts = [
+        terms.job_id,
+        common_hash(terms.common),
+        _uint_word(96),  # offset of the dynamic array: after the three head words
+        _uint_word(len(terms.assignments)),
+    ]
+    for a in terms.assignments:
+        parts += (_address_word(a.worker), _uint_word(a.payout), _uint_word(a.stake_lock))
+    return b"".join(parts)
 
 
 def terms_hash(terms: EscrowTerms) -> bytes:
     """keccak256(abi.encode(job_id, common_hash, assignments)): the escrow's commitment."""
-    return keccak(
-        abi_encode(
-            ["bytes32", "bytes32", ASSIGNMENT_ABI + "[]"],
-            [terms.job_id, common_hash(terms.common), [a.as_abi() for a in terms.assignments]],
-        )
-    )
+    return bytes(keccak(terms_encoding(terms)))
 
 
 # ---------------------------------------------------------------- batch Merkle trees

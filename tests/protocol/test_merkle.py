@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -59,3 +60,44 @@ def test_locate_batch_numbers_jobs_in_ascending_id_order() -> None:
     assert all(S.root_from_ref(S.terms_hash(t), t.located()) == root for t in located)
     # the ref is not part of the terms: equal terms compare equal, located or not
     assert located[0] == next(t for t in batch if t.job_id == located[0].job_id)
+
+
+_addresses = st.binary(min_size=20, max_size=20).map(lambda b: "0x" + b.hex())
+_uints = st.integers(min_value=0, max_value=2**256 - 1)
+
+
+@given(
+    st.binary(min_size=32, max_size=32),
+    st.builds(S.Common, _addresses, _addresses, _uints, _uints, _uints, _addresses, _uints),
+    st.lists(st.builds(S.Assignment, _addresses, _uints, _uints), max_size=5),
+)
+def test_terms_are_hashed_as_eth_abi_encodes_them(
+    job_id: bytes, common: S.Common, assignments: list[S.Assignment]
+) -> None:
+    """The word-by-word encoding equals eth_abi's (the contract hashes abi.encode)."""
+    from eth_abi.abi import encode
+    from eth_utils.crypto import keccak
+
+    terms = S.EscrowTerms(job_id, common, tuple(assignments))
+    expected_common = keccak(encode([S.COMMON_ABI], [common.as_abi()]))
+    assert S.common_hash(common) == expected_common
+    expected = encode(
+        ["bytes32", "bytes32", S.ASSIGNMENT_ABI + "[]"],
+        [job_id, expected_common, [a.as_abi() for a in assignments]],
+    )
+    assert S.terms_encoding(terms) == expected
+    assert S.terms_hash(terms) == keccak(expected)
+
+
+def test_terms_that_cannot_be_encoded_are_refused() -> None:
+    good = S.Common("0x" + "11" * 20, "0x" + "22" * 20, 10, 20)
+    for bad in (
+        S.Common("0x1234", good.arbiter, 10, 20),
+        S.Common("0x" + "zz" * 20, good.arbiter, 10, 20),
+        S.Common(good.client, good.arbiter, -1, 20),
+        S.Common(good.client, good.arbiter, 10, 2**256),
+    ):
+        with pytest.raises(ValueError):
+            S.terms_hash(S.EscrowTerms(bytes(32), bad, ()))
+    with pytest.raises(ValueError):
+        S.terms_hash(S.EscrowTerms(bytes(31), good, ()))
