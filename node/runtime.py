@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -120,5 +121,20 @@ def run_foreground(
     )
     for noisy in ("libp2p", "multiaddr", "async_service"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    trio.run(_main, home, config, ready_line)
+    profile_dir = os.environ.get("C0_PROFILE_DIR")
+    only = os.environ.get("C0_PROFILE_HOMES")  # comma-separated home folder names
+    if not profile_dir or (only and home.name not in only.split(",")):
+        trio.run(_main, home, config, ready_line)
+        return 0
+    # A developer's switch: a deterministic profile of the whole node, written on exit
+    # to C0_PROFILE_DIR/<home folder name>.prof (read it with `python -m pstats`);
+    # C0_PROFILE_HOMES limits it to some nodes (`client,node-03`).
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(trio.run, _main, home, config, ready_line)
+    finally:
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(Path(profile_dir) / f"{home.name}.prof"))
     return 0

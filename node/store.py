@@ -187,6 +187,11 @@ class Store:
         ).fetchone()
         return None if row is None else _job(row)
 
+    def job_state(self, job_id: bytes) -> str | None:
+        """A job's state without decoding its record."""
+        row = self.db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return None if row is None else str(row[0])
+
     def jobs(self, state: str | None = None) -> list[JobRecord]:
         sql = "SELECT job_id, role, state, data, created_ms, updated_ms FROM jobs"
         args: tuple[Any, ...] = ()

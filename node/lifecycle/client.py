@@ -710,14 +710,18 @@ class ClientRole:
         self, job_id: bytes, attempt: int, kind: str, did: str, value: str
     ) -> None:
         # Write into the record the job's task holds, so its next save keeps this too.
-        rec = self.lc.node.store.get_job(job_id)
-        data = self.records.get(job_id) or (rec.data if rec is not None else None)
-        if rec is None or data is None:
+        data = self.records.get(job_id)
+        if data is not None:
+            state = self.lc.node.store.job_state(job_id)  # the state column only
+        else:
+            rec = self.lc.node.store.get_job(job_id)
+            state, data = (rec.state, rec.data) if rec is not None else (None, None)
+        if state is None or data is None:
             return
         info = data["attempts"].get(str(attempt))
         if info is not None:
             info[kind][did] = value
-            self.lc.store_job(job_id, "client", rec.state, data)
+            self.lc.store_job(job_id, "client", state, data)
 
     # ------------------------------------------------------------ verification
     async def _materialize(self, job_id: bytes, slot: WorkerSlot) -> Path:

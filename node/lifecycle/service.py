@@ -224,6 +224,8 @@ class Lifecycle:
         """Append a signed JobEvent; inference events carry the prompt's hash only.
 
         `record` is the job's data as the caller holds it (saves reading it back)."""
+        if record is None:  # the record a client task holds, else the stored one
+            record = self.client.records.get(job_id)
         if record is None:
             rec = self.node.store.get_job(job_id)
             record = rec.data if rec is not None else None

@@ -307,7 +307,12 @@ class WorkerRole:
     async def _run_child(
         self, job: WorkerJob, executor: Executor, request: ExecutionRequest
     ) -> ExecutionResult:
-        execution = executor.start(request)
+        # Off the event loop: starting waits for the fork server to fork (or for a fresh
+        # interpreter to be spawned), which blocked every other request of this node for
+        # that long. Shielded, so a cancel cannot leave a started child unwatched: it is
+        # delivered at the next checkpoint, inside the try, whose finally kills the child.
+        with trio.CancelScope(shield=True):
+            execution = await trio.to_thread.run_sync(executor.start, request)
         self.lc.record_worker(job, "running")
         try:
             while True:

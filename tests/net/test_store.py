@@ -92,6 +92,8 @@ def test_jobs_table(tmp_path: Path) -> None:
     record = store.get_job(JOB_ID)
     assert record is not None
     assert (record.state, record.data) == ("funded", {"k": 2})
+    assert store.job_state(JOB_ID) == "funded"
+    assert store.job_state(b"\x12\x20" + bytes(32)) is None
     assert [j.job_id for j in store.jobs("funded")] == [JOB_ID]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
