@@ -802,7 +802,7 @@ class ClientRole:
                 or "all checks passed",
             )
             signed = lc.node.seal(verdict, ttl_ms=86_400_000)
-            lc.store_evidence(open_envelope(signed, now=now_ms()))
+            lc.store_own_evidence(signed, verdict, lc.node.did)
             info["verdicts"][did] = {
                 "passed": verdict.passed,
                 "reason": verdict.reason,
@@ -827,16 +827,15 @@ class ClientRole:
         if not passing:
             info["outcome"] = {"failed": "no result passed verification", "culprits": failing}
             raise AttemptFailed(Event.VERIFY_FAIL, "no result passed verification", tuple(failing))
-        self._step(
-            job_id, data, machine, Event.VERIFY_PASS, detail={"passed": passing, "failed": failing}
-        )
         info["outcome"] = {"passed": passing, "failed": failing}
         data["result"] = {
             "attempt": attempt.number,
             "worker": passing[0],
             "folder": str(folders[passing[0]]),
         }
-        self._save(job_id, data, machine)
+        self._step(  # the outcome and the new state: one save
+            job_id, data, machine, Event.VERIFY_PASS, detail={"passed": passing, "failed": failing}
+        )
         if failing:
             # Someone did the work wrong: the escrow cannot be released whole. Freeze it and
             # let the arbiter named in the terms pay the honest and slash the rest.

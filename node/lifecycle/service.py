@@ -293,17 +293,15 @@ class Lifecycle:
             )
 
     def store_evidence(self, signed: SignedMessage) -> None:
-        msg = signed.message
+        self.store_own_evidence(signed.raw, signed.message, signed.sender)
+
+    def store_own_evidence(self, raw: bytes, msg: Message, sender: str) -> None:
+        """Keep an envelope as evidence: one received (checked by `open_envelope`), or one
+        this node has just sealed (no need to check its own signature again)."""
         self.node.store.db.execute(
             "INSERT OR IGNORE INTO envelopes (hash, type, job_id, sender, envelope)"
             " VALUES (?, ?, ?, ?, ?)",
-            (
-                envelope_hash(signed.raw),
-                msg.TYPE,
-                getattr(msg, "job_id", None),
-                signed.sender,
-                signed.raw,
-            ),
+            (envelope_hash(raw), msg.TYPE, getattr(msg, "job_id", None), sender, raw),
         )
 
     def evidence_envelope(self, type_name: str, job_id: bytes, sender: str) -> bytes | None:
