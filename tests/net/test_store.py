@@ -146,3 +146,27 @@ async def test_blob_put_file_async_matches_put_file(tmp_path: Path) -> None:
     assert store.blob_count() == 1
     with pytest.raises(UserError):
         await blobs.put_file_async(tmp_path / "missing")
+
+
+def test_job_records_keep_big_integers_and_refuse_objects(tmp_path: Path) -> None:
+    """Records are written with orjson when it can (64-bit integers), with json otherwise:
+    wei amounts beyond 2**64 must come back exact, never as floats."""
+    import dataclasses
+
+    store = Store(tmp_path / "node.db")
+    data = {"wei": 10**20, "small": 5, "by_attempt": {1: "a"}, "list": (1, 2), "f": 0.5}
+    store.put_job(JOB_ID, role="client", state="funded", data=data)
+    record = store.get_job(JOB_ID)
+    assert record is not None
+    assert record.data == {"wei": 10**20, "small": 5, "by_attempt": {"1": "a"}, "list": [1, 2],
+                           "f": 0.5}  # fmt: skip
+    assert isinstance(record.data["wei"], int)
+    store.put_job(JOB_ID, role="client", state="funded", data={"small": 2**63 - 1})
+    assert store.get_job(JOB_ID).data == {"small": 2**63 - 1}  # type: ignore[union-attr]
+
+    @dataclasses.dataclass
+    class Thing:
+        x: int
+
+    with pytest.raises(TypeError):
+        store.put_job(JOB_ID, role="client", state="funded", data={"thing": Thing(1)})
