@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -472,8 +473,11 @@ def _check_limits(cls: JobClass, limits: Any) -> dict[str, int]:
     return out
 
 
+@functools.lru_cache(maxsize=8192)
 def job_id_text(job_id: bytes) -> str:
-    """The printable job ID: base58btc of the multihash (starts with 'Qm')."""
+    """The printable job ID: base58btc of the multihash (starts with 'Qm'). Cached: a
+    node names the same few thousand jobs over and over (events, listings, folders), and
+    base58 is quadratic Python big-integer work."""
     return str(base58.b58encode(job_id).decode("ascii"))
 
 
