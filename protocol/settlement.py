@@ -162,6 +162,12 @@ def _uint_word(value: int) -> bytes:
     return value.to_bytes(32, "big")
 
 
+def _bytes32(value: bytes) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ValueError(f"not 32 bytes: {value!r}")
+    return value
+
+
 def _common_encoding(common: Common) -> bytes:
     """abi.encode of the Common struct: all its fields are static, one word each."""
     return b"".join(
@@ -187,10 +193,8 @@ def common_hash(common: Common) -> bytes:
 
 def terms_encoding(terms: EscrowTerms) -> bytes:
     """abi.encode(bytes32 job_id, bytes32 common_hash, (address,uint256,uint256)[])."""
-    if len(terms.job_id) != 32:
-        raise ValueError("job_id must be 32 bytes")
     parts = [
-        terms.job_id,
+        _bytes32(terms.job_id),
         common_hash(terms.common),
         _uint_word(96),  # offset of the dynamic array: after the three head words
         _uint_word(len(terms.assignments)),
@@ -333,6 +337,45 @@ def group_terms(
 def job_abi(terms: EscrowTerms) -> tuple[bytes, int, list[tuple[str, int, int]]]:
     """The `Job` argument of the single-job calls (group index 0)."""
     return (terms.job_id, 0, [a.as_abi() for a in terms.assignments])
+
+
+def job_args_encoding(terms: EscrowTerms) -> bytes:
+    """abi.encode(Common c, Job job, Ref ref): the arguments of the single-job views and
+    calls (`job_status`, ...) with `job_abi`'s group 0. Word by word, like
+    `terms_encoding`: a worker reads a job's status on every assignment and payment."""
+    ref = terms.located()
+    job = b"".join(
+        [
+            _bytes32(terms.job_id),
+            _uint_word(0),  # group
+            _uint_word(96),  # offset of the assignments, after the three head words
+            _uint_word(len(terms.assignments)),
+            *(
+                _address_word(a.worker) + _uint_word(a.payout) + _uint_word(a.stake_lock)
+                for a in terms.assignments
+            ),
+        ]
+    )
+    located = b"".join(
+        [
+            _uint_word(ref.first),
+            _uint_word(ref.size),
+            _uint_word(ref.index),
+            _uint_word(128),  # offset of the proof, after the four head words
+            _uint_word(len(ref.proof)),
+            *(_bytes32(p) for p in ref.proof),
+        ]
+    )
+    head = 9 * 32  # c inline (seven static words), then the offsets of job and ref
+    return b"".join(
+        [
+            _common_encoding(terms.common),
+            _uint_word(head),
+            _uint_word(head + len(job)),
+            job,
+            located,
+        ]
+    )
 
 
 # ---------------------------------------------------------------- EIP-712 receipts

@@ -119,7 +119,9 @@ class EscrowClient:
         exactly these terms."""
         if terms.ref is None:
             return S.STATUS_UNKNOWN
-        return self._view_uint("job_status", *_job_args(terms))
+        selector, _ = self._functions["job_status"]
+        data = "0x" + (selector + S.job_args_encoding(terms)).hex()  # = encode_call's bytes
+        return int(abi_decode(["uint256"], self.chain.eth_call(self.address, data))[0])
 
     def status(self, seq: int) -> int:
         """STATUS_* of the escrow numbered `seq`."""

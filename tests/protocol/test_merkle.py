@@ -101,3 +101,28 @@ def test_terms_that_cannot_be_encoded_are_refused() -> None:
             S.terms_hash(S.EscrowTerms(bytes(32), bad, ()))
     with pytest.raises(ValueError):
         S.terms_hash(S.EscrowTerms(bytes(31), good, ()))
+
+
+@given(
+    st.binary(min_size=32, max_size=32),
+    st.builds(S.Common, _addresses, _addresses, _uints, _uints, _uints, _addresses, _uints),
+    st.lists(st.builds(S.Assignment, _addresses, _uints, _uints), max_size=5),
+    st.tuples(_uints, _uints, _uints),
+    st.lists(st.binary(min_size=32, max_size=32), max_size=8),
+)
+def test_single_job_arguments_are_encoded_as_eth_abi_encodes_them(
+    job_id: bytes,
+    common: S.Common,
+    assignments: list[S.Assignment],
+    place: tuple[int, int, int],
+    proof: list[bytes],
+) -> None:
+    from eth_abi.abi import encode
+
+    ref = S.EscrowRef(*place, tuple(proof))
+    terms = S.EscrowTerms(job_id, common, tuple(assignments), ref)
+    expected = encode(
+        [S.COMMON_ABI, "(bytes32,uint256," + S.ASSIGNMENT_ABI + "[])", S.REF_ABI],
+        [common.as_abi(), S.job_abi(terms), ref.as_abi()],
+    )
+    assert S.job_args_encoding(terms) == expected

@@ -240,6 +240,11 @@ def test_calldata_is_what_web3_encodes(parties: Parties) -> None:
     for name, args in calls:
         expected = p.client.contract.get_function_by_name(name)(*args)._encode_transaction_data()
         assert p.client.encode_call(name, *args) == expected, name
+    # job_status encodes its arguments word by word (the hot path): the same bytes
+    selector = p.client.encode_call("job_status", *one)[:10]
+    assert selector + S.job_args_encoding(batch[0]).hex() == p.client.encode_call(
+        "job_status", *one
+    )
     assert all(p.client.job_status(t) == S.STATUS_OPEN for t in batch)
 
 
