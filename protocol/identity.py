@@ -52,6 +52,14 @@ def public_from_did(did: str) -> bytes:
     """The Ed25519 public key named by a did:key, or PeerProtocolError('bad_kid')."""
     if not isinstance(did, str) or not did.startswith(_DID_PREFIX) or len(did) > 64:
         raise PeerProtocolError("bad_kid", "not an Ed25519 did:key")
+    return _public_from_did(did)
+
+
+# Every envelope a node opens names its signer's DID, and every request checks the
+# signer's PeerID: the same few hundred keys, each a base58 round trip, so both are
+# cached (a failed parse raises, and lru_cache keeps no exception).
+@lru_cache(maxsize=4096)
+def _public_from_did(did: str) -> bytes:
     try:
         raw = base58.b58decode(did[len(_DID_PREFIX) :])
     except ValueError:
@@ -67,6 +75,11 @@ def peer_id_from_public(public: bytes) -> str:
     """The libp2p PeerID (identity multihash of the protobuf public key), base58btc."""
     if len(public) != 32:
         raise ValueError("an Ed25519 public key is 32 bytes")
+    return _peer_id(bytes(public))
+
+
+@lru_cache(maxsize=4096)
+def _peer_id(public: bytes) -> str:
     return base58.b58encode(_IDENTITY_MULTIHASH + _PROTOBUF_ED25519 + public).decode("ascii")
 
 
