@@ -316,7 +316,7 @@ async def test_a_worker_queues_accepted_jobs_and_runs_one_at_a_time(tmp_path: Pa
         await wait_for(lambda: offering(client) == 1, 60)
         ad = next(iter(client.node.caps.values())).ad
         assert ad.max_concurrent == 2  # the ad tells clients the jobs it takes at once
-        first = submit_noop(client, {"payload": "a", "duration_ms": 1500}, redundancy=1)
+        first = submit_noop(client, {"payload": "a", "duration_ms": 3000}, redundancy=1)
         await wait_state(worker, first, {"running"})
         second = submit_noop(client, {"payload": "b"}, redundancy=1)
         for job in (first, second):
@@ -329,7 +329,7 @@ async def test_a_worker_queues_accepted_jobs_and_runs_one_at_a_time(tmp_path: Pa
         # accepted while the first still ran (without a queue it was declined as busy) ...
         assert at[second]["assigned"] < at[first]["committed"]
         # ... and started only once the first's child was done
-        assert at[second]["running"] >= at[first]["running"] + 1500
+        assert at[second]["running"] >= at[first]["running"] + 3000
 
 
 async def test_a_worker_forgets_lost_offers_and_ended_jobs(
