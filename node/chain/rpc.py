@@ -10,12 +10,13 @@ web3 (they are rarer: one per batch, and they need its signing and error decodin
 
 from __future__ import annotations
 
+import base64
 import http.client
 import itertools
 import json
 import threading
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["JsonRpc", "RpcError"]
 
@@ -44,6 +45,10 @@ class JsonRpc:
         if parts.query:
             self._path += "?" + parts.query
         self._timeout = timeout
+        self._headers = {"Content-Type": "application/json"}
+        if parts.username is not None:  # https://user:key@host/...: HTTP basic auth
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
         self._local = threading.local()
         self._ids = itertools.count(1)
 
@@ -65,11 +70,10 @@ class JsonRpc:
         body = json.dumps(
             {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         ).encode()
-        headers = {"Content-Type": "application/json"}
         for attempt in range(2):  # a kept-alive connection the server closed: one redo
             conn = self._connection()
             try:
-                conn.request("POST", self._path, body, headers)
+                conn.request("POST", self._path, body, self._headers)
                 response = conn.getresponse()
                 raw = response.read()
             except (http.client.HTTPException, OSError):

@@ -74,7 +74,11 @@ def test_each_thread_has_its_own_connection(rpc: JsonRpc) -> None:
 class _Garbage(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # the http.server API names it
         self.rfile.read(int(self.headers["Content-Length"]))
-        status, body = (200, b"not json") if self.path == "/text" else (503, b"down")
+        if self.path == "/auth":
+            ok = self.headers.get("Authorization") == "Basic dXNlcjpwQHNz"  # user:p@ss
+            status, body = (200, b'{"jsonrpc":"2.0","id":1,"result":"0x1"}') if ok else (401, b"")
+        else:
+            status, body = (200, b"not json") if self.path == "/text" else (503, b"down")
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -101,3 +105,11 @@ def test_a_server_that_is_not_json_rpc(garbage_server: str) -> None:
         JsonRpc(garbage_server + "/down").latest_timestamp()
     with pytest.raises(ValueError):
         JsonRpc("ws://127.0.0.1:1")
+
+
+def test_credentials_in_the_url_are_sent(garbage_server: str) -> None:
+    """An endpoint URL with user:key@ (hosted RPC providers) authenticates as web3 would."""
+    authed = garbage_server.replace("http://", "http://user:p%40ss@") + "/auth"
+    assert JsonRpc(authed).call("eth_chainId", []) == "0x1"
+    with pytest.raises(RpcError, match="HTTP 401"):
+        JsonRpc(garbage_server + "/auth").call("eth_chainId", [])
