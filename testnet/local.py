@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -288,9 +289,7 @@ def _stop_pids(pids: list[tuple[int, str]], grace_s: float = 10.0) -> list[int]:
             pass
     deadline = time.monotonic() + grace_s
     for pid, home in running:
-        while _alive(pid, home) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.05)
+        _wait_gone(pid, home, deadline)
         if _alive(pid, home):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -298,12 +297,28 @@ def _stop_pids(pids: list[tuple[int, str]], grace_s: float = 10.0) -> list[int]:
                 pass
             # SIGKILL is delivered asynchronously: wait (bounded) until the process is gone,
             # or `down` would report a process that is about to vanish as left behind.
-            killed_by = time.monotonic() + 10.0
-            while _alive(pid, home) and time.monotonic() < killed_by:
-                _reap(pid)
-                time.sleep(0.02)
+            _wait_gone(pid, home, time.monotonic() + 10.0)
         _reap(pid)
     return [pid for pid, _ in running]
+
+
+def _wait_gone(pid: int, home: str, until: float) -> None:
+    """Until `pid` has exited or `until` (monotonic) passes. A pidfd turns readable when
+    its process exits; a kernel without pidfds (before Linux 5.3) gets a bounded poll."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:
+        while _alive(pid, home) and time.monotonic() < until:
+            _reap(pid)
+            time.sleep(0.05)  # pacing of the fallback poll
+        return
+    try:
+        select.select([fd], [], [], max(0.0, until - time.monotonic()))
+    finally:
+        os.close(fd)
+    _reap(pid)
 
 
 def _reap(pid: int) -> None:

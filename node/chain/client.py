@@ -120,8 +120,7 @@ class EscrowClient:
         if terms.ref is None:
             return S.STATUS_UNKNOWN
         selector, _ = self._functions["job_status"]
-        data = "0x" + (selector + S.job_args_encoding(terms)).hex()  # = encode_call's bytes
-        return int(abi_decode(["uint256"], self.chain.eth_call(self.address, data))[0])
+        return self._read_uint("0x" + (selector + S.job_args_encoding(terms)).hex())
 
     def status(self, seq: int) -> int:
         """STATUS_* of the escrow numbered `seq`."""
@@ -237,8 +236,10 @@ class EscrowClient:
         return "0x" + (selector + abi_encode(types, args)).hex()
 
     def _view_uint(self, fn_name: str, *args: Any) -> int:
-        data = self.encode_call(fn_name, *args)
-        return int(abi_decode(["uint256"], self.chain.eth_call(self.address, data))[0])
+        return self._read_uint(self.encode_call(fn_name, *args))
+
+    def _read_uint(self, calldata: str) -> int:
+        return int(abi_decode(["uint256"], self.chain.eth_call(self.address, calldata))[0])
 
     def _call(self, fn_name: str, *args: Any, value: int = 0) -> TxResult:
         data = self.encode_call(fn_name, *args)

@@ -185,8 +185,8 @@ class ForkServer:
 
     def close_if_idle(self, idle_s: float) -> bool:
         """Stop the server if no child of it runs and nothing used it for `idle_s`: an idle
-        worker gives its ~60 MB back. Race-free with `spawn` (both hold the lock), and the
-        next job simply starts a new server."""
+        worker gives its ~39 MB (~63 MB with PyAV) back. Race-free with `spawn` (both
+        hold the lock), and the next job simply starts a new server."""
         with self._lock:
             running = self._proc is not None and self._proc.poll() is None
             if not running or self._children or self._pending:
@@ -418,19 +418,19 @@ PRELOAD: dict[str, tuple[str, ...]] = {
 
 def _preload(job_class: str, loaded: set[str]) -> None:
     """Import what children of `job_class` need, here, once (PyAV: ~80 ms a media child
-    would otherwise spend importing it). Lazily: PyAV's ~40 MB of mappings made every fork
-    of the server dearer (fork + exit of a noop child 0.7 -> 2.8 ms), so a worker that
-    runs only light jobs never pays for it. FFmpeg takes its thread counts per codec
-    context, not from the environment, and starts no thread on import."""
+    would otherwise spend importing it). Lazily: PyAV's mappings (the server's RSS 39 ->
+    63 MB) made every fork of the server dearer (fork + exit of a noop child 0.7 -> 2.8
+    ms), so a worker that runs only light jobs never pays for it. FFmpeg takes its thread
+    counts per codec context, not from the environment, and starts no thread on import."""
     missing = [m for m in PRELOAD.get(job_class, ()) if m not in loaded]
     if not missing:
         return
-    for module in missing:
-        loaded.add(module)  # tried once: a worker without PyAV still runs other classes
-        try:
+    loaded.update(missing)  # tried once: a worker without PyAV still runs other classes
+    try:
+        for module in missing:
             importlib.import_module(module)
-        except ImportError:
-            break
+    except ImportError:
+        pass  # the child's own import then reports it as the job's error
     gc.freeze()
 
 
