@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import base58
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -131,6 +129,9 @@ def verify_binding(binding: EthBinding) -> None:
         raise PeerProtocolError("bad_binding", "address is not 20 bytes")
     if not verify_signature(binding.did, _BINDING_ED_DOMAIN + address, binding.ed25519_sig):
         raise PeerProtocolError("bad_binding", "Ed25519 signature over the address fails")
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
     try:
         signable = encode_defunct(text=_binding_text(binding.did))
         recovered = Account.recover_message(signable, signature=binding.eth_sig)
@@ -156,6 +157,8 @@ class Identity:
         # both; an operator may bring an existing account instead.
         if eth_private_key is None:
             eth_private_key = hashlib.sha256(_ETH_KEY_DOMAIN + seed).digest()
+        from eth_account import Account
+
         self._eth = Account.from_key(eth_private_key)
         self.eth_address: str = self._eth.address
 
@@ -186,6 +189,8 @@ class Identity:
     def eth_binding(self) -> EthBinding:
         address = bytes.fromhex(self.eth_address[2:])
         ed_sig = self.sign(_BINDING_ED_DOMAIN + address)
+        from eth_account.messages import encode_defunct
+
         signed = self._eth.sign_message(encode_defunct(text=_binding_text(self.did)))
         return EthBinding(self.did, self.eth_address, ed_sig, bytes(signed.signature))
 

@@ -434,10 +434,14 @@ def _preload(job_class: str, loaded: set[str]) -> None:
     gc.freeze()
 
 
-def main() -> int:
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    # What every job child needs, imported once here.
+def preload_common() -> None:
+    """Import what every job child needs, once, in the server: an import in a forked
+    child costs its CPU for every job (tempfile alone, which `_run_child` resets, ~8 ms
+    per noop child). tests/worker/test_forkserver.py checks a noop child imports
+    nothing. Never the protocol package's Ethereum half (eth-account, py_ecc): no child
+    uses it, and it doubled the server's RSS (22 -> 45 MB), which every fork copies."""
     import platform
+    import tempfile  # noqa: F401
 
     import node.executors.child
     import node.executors.errors
@@ -448,6 +452,11 @@ def main() -> int:
     import node.executors.tasks  # noqa: F401
 
     platform.uname()  # cached: every child's runtime fingerprint reads it
+
+
+def main() -> int:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    preload_common()
     # Measured per noop child: 11 ms of CPU with the task modules imported in the child,
     # 3.3 ms with them imported here and the heap frozen (the child's collector then
     # never walks, and so never copies, the pages it inherited).
