@@ -3,6 +3,7 @@ jobs this node submits. One task per job; every step is persisted so a restart r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -33,7 +34,7 @@ from protocol.messages import (
     Verdict,
 )
 from protocol.results import result_digest
-from protocol.routing import Candidate, RoutingPolicy, rank_workers
+from protocol.routing import Candidate, Ranked, RoutingPolicy, rank_workers
 from protocol.settlement import Assignment as EscrowAssignment
 from protocol.settlement import Common, EscrowTerms, SettlementError, commit_hash
 from protocol.state import TERMINAL, Event, JobMachine, State
@@ -301,6 +302,31 @@ class ClientRole:
             )
         return out
 
+    def _withhold_spares(self, ranked: list[Ranked], k: int) -> list[Ranked]:
+        """Offers beyond K (`offer_fanout`) hedge against a slow or declining worker, but
+        each holds a slot at a worker until the bids close, and costs it a signed bid.
+        Spares come only from the room left once every job of ours now bidding has its K:
+        a lone job gets them all; in a burst they would take the room the other jobs
+        need (and doubled the bids the swarm signed and checked)."""
+        lc = self.lc
+        inflight = self._ours_in_flight()
+        room = 0
+        for r in ranked:
+            worker = lc.node.caps.get(r.did)
+            if r.eligible and worker is not None:
+                room += max(0, worker.ad.max_concurrent - inflight.get(r.did, 0))
+        bidding = max(1, len(self.bidding))  # this job is one of them
+        spare = max(0, min(lc.settings.offer_fanout, room - k * bidding))
+        out, picked = [], 0
+        for r in ranked:
+            if r.reason == "selected":
+                picked += 1
+                if picked > k + spare:
+                    why = "not selected: spare offer withheld (our other jobs need the room)"
+                    r = dataclasses.replace(r, reason=why)
+            out.append(r)
+        return out
+
     async def _start_attempt(
         self,
         job_id: bytes,
@@ -339,6 +365,7 @@ class ClientRole:
             policy=policy,
             exclude=data["tried"],
         )
+        ranked = self._withhold_spares(ranked, k)
         data["explain"][str(number)] = [r.to_json() for r in ranked]
         chosen = [r.did for r in ranked if r.reason == "selected"]
         if len(chosen) < k:
@@ -689,7 +716,15 @@ class ClientRole:
         assert isinstance(msg, ResultReveal)
         slot = self._slot(signed, msg.job_id, msg.attempt)
         if slot.commitment is None:
-            raise PeerProtocolError("protocol_violation", "reveal before commit")
+            if len(self.active[(msg.job_id, msg.attempt)].slots) != 1:
+                raise PeerProtocolError("protocol_violation", "reveal before commit")
+            # The attempt's only worker: nobody can copy its result, so its reveal stands
+            # for its commit (job-lifecycle.md); the commitment is kept as if it was sent.
+            slot.commitment = commit_hash(msg.result_hash, slot.eth, msg.salt)
+            slot.started = True
+            self._persist_submission(
+                msg.job_id, msg.attempt, "commits", slot.did, slot.commitment.hex()
+            )
         if commit_hash(msg.result_hash, slot.eth, msg.salt) != slot.commitment:
             job_class = self.records.get(msg.job_id, {}).get("spec", {}).get("job_class", "")
             self.lc.add_evidence(slot.did, job_class, "verify_failed", msg.job_id, "bad_reveal")

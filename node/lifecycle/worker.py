@@ -357,9 +357,15 @@ class WorkerRole:
         # after that, the chain is the only way to be paid.
         assert lc.escrow is not None
         window = max(2.0, (job.terms.common.commit_deadline - await lc.escrow.now()) / 4)
+        # A lone worker (redundancy 1) has no peer to copy from, nor to be copied by: its
+        # reveal carries the commitment (the client derives it), one message instead of
+        # two. With K > 1 every commit must be in before any reveal is accepted.
+        solo = job.assignment is not None and len(job.assignment.workers) == 1
         delivered = False
         with trio.move_on_after(window):
-            delivered = await lc.send_quietly(job.client_peer, commit, tries=20, limit_s=5.0)
+            delivered = solo or await lc.send_quietly(
+                job.client_peer, commit, tries=20, limit_s=5.0
+            )
             delivered = delivered and await lc.send_quietly(
                 job.client_peer, reveal, tries=20, limit_s=5.0
             )

@@ -351,3 +351,111 @@ async def test_a_worker_forgets_lost_offers_and_ended_jobs(
         for w in workers:
             w._forget_old()
         assert [w.jobs for w in workers] == [{}, {}]
+
+
+async def test_a_lone_worker_reveals_without_a_separate_commit(tmp_path: Path) -> None:
+    """Redundancy 1: the worker sends no ResultCommit (nobody could copy it); the client
+    derives the commitment from the reveal and keeps it. With two workers each still
+    commits before it reveals: the same handler refuses a reveal that comes first."""
+    import os
+
+    from protocol.envelope import open_envelope
+    from protocol.errors import PeerProtocolError
+    from protocol.messages import ResultReveal
+    from protocol.settlement import commit_hash
+
+    async with memory_swarm(tmp_path, workers=2) as swarm:
+        client = swarm.client
+        await wait_for(lambda: offering(client) == 2, 60)
+        seen: list[str] = []
+        handlers = client.node.negotiator.handlers
+        for kind in ("result_commit", "result_reveal"):
+            real = handlers[kind]
+
+            async def counted(signed, peer, real=real, kind=kind):  # type: ignore[no-untyped-def]
+                seen.append(kind)
+                return await real(signed, peer)
+
+            handlers[kind] = counted
+        job_id = submit_noop(client, {"payload": "solo"}, redundancy=1)
+        assert await wait_state(client, job_id, {"settled", "refunded", "cancelled"}) == "settled"
+        assert seen == ["result_reveal"]
+        info = client.node.store.get_job(job_id).data["attempts"]["1"]
+        (did,) = info["reveals"]
+        reveal = open_envelope(bytes.fromhex(info["reveals"][did]), now=None).message
+        assert isinstance(reveal, ResultReveal)
+        worker_eth = info["workers"][0]["eth"]
+        expected = commit_hash(reveal.result_hash, worker_eth, reveal.salt)
+        assert info["commits"][did] == expected.hex()
+
+        seen.clear()
+        pair = submit_noop(client, {"payload": "pair"}, redundancy=2)
+        assert await wait_state(client, pair, {"settled", "refunded", "cancelled"}) == "settled"
+        assert sorted(seen) == ["result_commit"] * 2 + ["result_reveal"] * 2
+        assert seen[0] == "result_commit"
+        # a worker of a two-worker attempt revealing first is refused
+        from node.lifecycle.client import Attempt, WorkerSlot
+
+        w1, w2 = swarm.identities[1], swarm.identities[2]
+        fake = b"\x12\x20" + os.urandom(32)
+        client.client.active[(fake, 1)] = Attempt(
+            1,
+            {
+                w1.did: WorkerSlot(w1.did, w1.peer_id, w1.eth_address, 1),
+                w2.did: WorkerSlot(w2.did, w2.peer_id, w2.eth_address, 1),
+            },
+            terms_from_json(info["terms"]),
+        )
+        early = ResultReveal(
+            job_id=fake,
+            attempt=1,
+            manifest=reveal.manifest,
+            result_hash=reveal.result_hash,
+            salt=reveal.salt,
+        )
+        signed = open_envelope(swarm.lc(1).node.seal(early), now=None)
+        try:
+            with pytest.raises(PeerProtocolError, match="reveal before commit"):
+                await client.client.on_reveal(signed, w1.peer_id)
+        finally:
+            del client.client.active[(fake, 1)]
+
+
+async def test_spare_offers_come_only_from_room_our_other_jobs_do_not_need(
+    tmp_path: Path,
+) -> None:
+    """offer_fanout: a lone job is offered to K + 2 workers; while other jobs of the same
+    client bid for the same room, the spare offers are withheld (and `c0 job explain`
+    says so), so a burst does not tie up the room the rest of it needs."""
+    import dataclasses
+
+    from node.lifecycle import LifecycleSettings
+
+    def settings(i: int) -> LifecycleSettings:  # one job at a time per worker: room 3
+        return dataclasses.replace(
+            LifecycleSettings(), max_concurrent=1, max_queued=0, release_max_wait_s=0.2
+        )
+
+    async with memory_swarm(tmp_path, workers=3, settings=settings) as swarm:
+        client = swarm.client
+        await wait_for(lambda: offering(client) == 3, 60)
+
+        def offers(job_id: bytes) -> list[str]:
+            explain = client.node.store.get_job(job_id).data["explain"]["1"]
+            return [e["reason"] for e in explain]
+
+        alone = submit_noop(client, {"payload": "alone"}, redundancy=1)
+        assert await wait_state(client, alone, {"settled", "refunded"}) == "settled"
+        assert offers(alone).count("selected") == 3
+
+        # two more jobs of ours bidding (stand-ins): 3 jobs x K=1 take all the room
+        others = {b"\x12\x20" + bytes([i]) * 32 for i in (1, 2)}
+        client.client.bidding |= others
+        try:
+            burst = submit_noop(client, {"payload": "burst"}, redundancy=1)
+            assert await wait_state(client, burst, {"settled", "refunded"}) == "settled"
+        finally:
+            client.client.bidding -= others
+        reasons = offers(burst)
+        assert reasons.count("selected") == 1
+        assert sum("spare offer withheld" in r for r in reasons) == 2
