@@ -21,6 +21,7 @@ from protocol.messages import (
     JobSpecMessage,
     Message,
     Receipt,
+    ReceiptBatch,
     ResultCommit,
     ResultReveal,
     Verdict,
@@ -95,6 +96,7 @@ def samples() -> list[Message]:
             payouts=(10,),
             eip712_sig=b"\x01" * 65,
         ),
+        ReceiptBatch(receipts=(b"\xa0" * 300, b"\xa1" * 300)),
         DisputeOpen(job_id=JOB, reason="output is black frames", evidence=(H,), sizes=(10,)),
         JobEvent(
             job_id=JOB,
@@ -131,6 +133,10 @@ BAD: list[tuple[type[Message], dict[str, Any]]] = [
     (Verdict, {"passed": True}),  # a failed check cannot make a passing verdict
     (Receipt, {"eip712_sig": b"\x01"}),
     (Receipt, {"workers": ("0xnothex",)}),
+    (ReceiptBatch, {"receipts": ()}),
+    (ReceiptBatch, {"receipts": (b"\x00" * 10,) * 65}),
+    (ReceiptBatch, {"receipts": (b"",)}),
+    (ReceiptBatch, {"receipts": (b"\x00" * 4097,)}),
     (JobEvent, {"state": "teleported"}),
     (JobEvent, {"detail": {"prompt": "secret"}}),
     (ResultCommit, {"commitment": b"short"}),
