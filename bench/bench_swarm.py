@@ -41,6 +41,7 @@ MAX_PRICE = 10**16
 TERMINAL = {"settled", "refunded", "cancelled", "failed", "expired"}
 STARTED = time.monotonic()
 STALL_S = 45.0
+BURST_ROUNDS = 3  # bursts per throughput run; the median is the headline
 WINDOW = 8  # jobs in flight for the paced throughput run: offers go to the same top 3
 
 
@@ -285,10 +286,8 @@ def warm_up(s: Swarm) -> int:
     return settled
 
 
-def bench_throughput(s: Swarm, jobs: int) -> dict[str, Any]:
+def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
     """`jobs` noop jobs submitted back to back; first submit → last `settled` event."""
-    warmed = warm_up(s)
-    say(f"  warm-up: {warmed} noop jobs settled (not counted)")
     load0 = _load()
     t0 = _now_ms()
     ids = [s.submit(NOOP) for _ in range(jobs)]
@@ -353,6 +352,38 @@ def bench_throughput(s: Swarm, jobs: int) -> dict[str, Any]:
         "client_phases_ms": {k: _summary(v) for k, v in phases.items()},
         "gas": gas,
         "load_avg": [load0, _load()],
+    }
+
+
+def _quiet(s: Swarm, limit_s: float = 60.0) -> float:
+    """Wait (bounded) until the host is mostly idle again: the last round's payments and
+    ads have gone out. Returns the idle share of the last 1 s window."""
+    deadline = time.monotonic() + limit_s
+    idle = idle_fraction(1.0)
+    while idle < 0.8 and time.monotonic() < deadline:
+        idle = idle_fraction(1.0)
+    return idle
+
+
+def bench_throughput(s: Swarm, jobs: int, rounds: int = BURST_ROUNDS) -> dict[str, Any]:
+    """`rounds` bursts of `jobs` noop jobs on the same network, each after the host is
+    quiet again; the headline is the median round (single rounds ranged ±25 % on this
+    shared host), and every round is kept."""
+    warmed = warm_up(s)
+    say(f"  warm-up: {warmed} noop jobs settled (not counted)")
+    results = []
+    for r in range(rounds):
+        idle = _quiet(s)
+        one = _burst(s, jobs)
+        one["idle_before"] = round(idle, 2)
+        say(f"  round {r + 1}: {one['jobs_per_s']} jobs/s, {one['states']}")
+        results.append(one)
+    ranked = sorted(results, key=lambda x: x["jobs_per_s"])
+    median = ranked[len(ranked) // 2]
+    return {
+        **median,
+        "rounds_jobs_per_s": [x["jobs_per_s"] for x in results],
+        "rounds": results,
     }
 
 

@@ -263,12 +263,27 @@ def root_from_ref(leaf: bytes, ref: EscrowRef) -> bytes | None:
     return node
 
 
+def merkle_proofs(leaves: Sequence[bytes]) -> list[tuple[bytes, ...]]:
+    """`merkle_proof` of every leaf, the tree built once (n log n hashes, not n²)."""
+    proofs: list[list[bytes]] = [[] for _ in leaves]
+    positions = list(range(len(leaves)))  # each leaf's index in the current level
+    level = list(leaves)
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(ZERO32)
+        for leaf, index in enumerate(positions):
+            proofs[leaf].append(level[index ^ 1])
+            positions[leaf] = index // 2
+        level = [_node(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return [tuple(p) for p in proofs]
+
+
 def locate_batch(batch: Sequence[EscrowTerms], first: int) -> list[EscrowTerms]:
     """`batch` as `open` numbered it (sorted by job ID, from `first`), each with its ref."""
     ordered = sorted(batch, key=lambda t: t.job_id)
-    leaves = [terms_hash(t) for t in ordered]
+    proofs = merkle_proofs([terms_hash(t) for t in ordered])
     return [
-        replace(t, ref=EscrowRef(first, len(ordered), i, merkle_proof(leaves, i)))
+        replace(t, ref=EscrowRef(first, len(ordered), i, proofs[i]))
         for i, t in enumerate(ordered)
     ]
 

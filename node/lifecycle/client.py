@@ -90,6 +90,7 @@ class ClientRole:
         self.lc = lc
         self.active: dict[tuple[bytes, int], Attempt] = {}
         self.bidding: set[bytes] = set()  # jobs between routing and their escrow's open
+        self.waiting: set[bytes] = set()  # of those, the ones waiting for a worker with room
         self.offered: dict[str, int] = {}  # worker DID -> offers out or won, not yet assigned
         self.records: dict[bytes, dict[str, Any]] = {}  # job id -> the record its task holds
         self.results_root = lc.node.home / "results"
@@ -116,13 +117,23 @@ class ClientRole:
         while self._room:
             self._room.popleft().set()
 
-    async def _wait_for_room(self, limit_s: float) -> None:
+    async def _wait_for_room(self, job_id: bytes, limit_s: float) -> None:
         """Until a worker may have room for this job (see `_room`), at most `limit_s`."""
         waiter = trio.Event()
         self._room.append(waiter)
-        with trio.move_on_after(limit_s):
-            await waiter.wait()
-        waiter.set()  # timed out: `_free` skips it
+        self.waiting.add(job_id)
+        try:
+            with trio.move_on_after(limit_s):
+                await waiter.wait()
+        finally:
+            self.waiting.discard(job_id)
+            waiter.set()  # timed out: `_free` skips it
+
+    def asking(self) -> int:
+        """Jobs of ours with offers out, bids not yet closed: they join the next open soon.
+        (Jobs waiting for room do not: room frees when running jobs reveal, after the
+        open that funds them; an open waiting for those stalled the whole burst.)"""
+        return len(self.bidding) - len(self.waiting & self.bidding)
 
     # ------------------------------------------------------------ submit
     def submit(
@@ -264,15 +275,16 @@ class ClientRole:
                 self._fail_attempt(job_id, data, machine, attempt, failure)
             finally:
                 if self.active.pop((job_id, attempt.number), None) is not None:
-                    self._free(len(attempt.slots))
+                    self._free(sum(1 for x in attempt.slots.values() if x.reveal is None))
 
     # ------------------------------------------------------------ routing and funding
     def _ours_in_flight(self) -> dict[str, int]:
         """Per worker DID: this client's attempts there plus its outstanding offers."""
         inflight: dict[str, int] = dict(self.offered)
         for attempt in self.active.values():
-            for did in attempt.slots:
-                inflight[did] = inflight.get(did, 0) + 1
+            for did, slot in attempt.slots.items():
+                if slot.reveal is None:  # a worker counts a job until it has revealed
+                    inflight[did] = inflight.get(did, 0) + 1
         return inflight
 
     def candidates(self, spec: JobSpec) -> list[Candidate]:
@@ -370,7 +382,7 @@ class ClientRole:
         chosen = [r.did for r in ranked if r.reason == "selected"]
         if len(chosen) < k:
             self._save(job_id, data, machine)
-            await self._wait_for_room(_NO_WORKER_POLL_S)  # or new workers may appear
+            await self._wait_for_room(job_id, _NO_WORKER_POLL_S)  # or new workers may appear
             return None
         chain_now = await lc.escrow.now()
         remaining_s = max(2, (deadline_ms - now_ms()) // 1000)
@@ -456,7 +468,7 @@ class ClientRole:
         if len(bids) < k:
             self._free(len(bids))
             self._save(job_id, data, machine)
-            await self._wait_for_room(_NO_WORKER_POLL_S)  # too few bids: wait for the swarm
+            await self._wait_for_room(job_id, _NO_WORKER_POLL_S)  # too few bids: wait for the swarm
             return None
         winners = bids[:k]
         outcome = {b[2]: f"won: bid {b[0]}" for b in winners}
@@ -736,6 +748,9 @@ class ClientRole:
         if digest != msg.result_hash:
             raise PeerProtocolError("protocol_violation", "result hash does not match manifest")
         slot.reveal = signed
+        # The worker no longer counts this job against its capacity (job-lifecycle.md),
+        # so neither do we: verifying it is our work, not the worker's.
+        self._free(1)
         self._persist_submission(msg.job_id, msg.attempt, "reveals", slot.did, signed.raw.hex())
         self.lc.store_evidence(signed)
         self.active[(msg.job_id, msg.attempt)].poke()

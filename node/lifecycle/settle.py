@@ -150,7 +150,8 @@ class OpenBatcher:
                 await self._open(batch)
 
     def _more_coming(self) -> bool:
-        return len(self.lc.client.bidding) > len(self.queue)
+        # jobs with offers out, less those already queued here (still in `bidding`)
+        return self.lc.client.asking() > len(self.queue)
 
     async def _open(self, batch: list[_Pending]) -> None:
         escrow = self.lc.escrow

@@ -520,3 +520,39 @@ async def test_receipts_of_one_release_reach_a_worker_in_one_message(tmp_path: P
             await worker.worker.on_receipt_batch(batch, client.node.peer_id)
         assert not fresh.released.is_set()
         del worker.worker.jobs[key]
+
+
+async def test_a_revealed_job_no_longer_counts_against_its_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker stops counting a job against its capacity once it has revealed; so
+    does the client's routing, while it is still verifying the result."""
+    import threading
+
+    import trio
+
+    from node.lifecycle import client as client_module
+
+    real_verify = client_module.verify_result
+    entered, go = threading.Event(), threading.Event()
+
+    def slow_verify(*args, **kwargs):  # type: ignore[no-untyped-def]
+        entered.set()
+        go.wait(30)
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(client_module, "verify_result", slow_verify)
+    async with memory_swarm(tmp_path, workers=1) as swarm:
+        client = swarm.client
+        await wait_for(lambda: offering(client) == 1, 60)
+        job_id = submit_noop(client, {"payload": "v"}, redundancy=1)
+        try:
+            await trio.to_thread.run_sync(entered.wait, 30)
+            assert entered.is_set()
+            (attempt,) = client.client.active.values()  # still being verified ...
+            assert all(slot.reveal is not None for slot in attempt.slots.values())
+            taken = {w: n for w, n in client.client._ours_in_flight().items() if n}
+            assert taken == {}  # ... but takes no room at the worker
+        finally:
+            go.set()
+        assert await wait_state(client, job_id, {"settled", "refunded"}) == "settled"

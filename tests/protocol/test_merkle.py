@@ -26,6 +26,14 @@ def test_every_proof_leads_to_the_root(size: int, tag: bytes) -> None:
         assert ref.seq == 7 + i
 
 
+@given(st.integers(min_value=1, max_value=S.MAX_BATCH), st.binary(max_size=4))
+def test_all_proofs_at_once_equal_each_proof_alone(size: int, tag: bytes) -> None:
+    """`merkle_proofs` (the tree built once, as `locate_batch` uses it) gives each leaf
+    the very proof `merkle_proof` computes for it alone."""
+    ls = leaves(size, tag)
+    assert S.merkle_proofs(ls) == [S.merkle_proof(ls, i) for i in range(size)]
+
+
 @given(st.integers(min_value=2, max_value=S.MAX_BATCH), st.data())
 def test_a_leaf_is_found_only_at_its_own_place(size: int, data: st.DataObject) -> None:
     ls = leaves(size)
