@@ -108,6 +108,13 @@ class Swarm:
         )
         return str(reply["job_id"])
 
+    def submit_many(self, spec: dict[str, Any], count: int) -> list[str]:
+        """`count` jobs of `spec`, pipelined on one control connection (a client script
+        submitting a burst); one connection per job cost a busy node an event-loop turn
+        each, 1.8-3.2 s for 150 jobs."""
+        args = dict(spec=spec, inputs={}, redundancy=1, max_price=MAX_PRICE, deadline_s=600)
+        return [str(r["job_id"]) for r in self.client.call_many("job_submit", [args] * count)]
+
     def events(self, job_id: str, did: str | None = None) -> list[dict[str, Any]]:
         who = self.client if did is None else self.node(did)
         return list(who.call("job_events", job_id=job_id))
@@ -290,7 +297,7 @@ def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
     """`jobs` noop jobs submitted back to back; first submit → last `settled` event."""
     load0 = _load()
     t0 = _now_ms()
-    ids = [s.submit(NOOP) for _ in range(jobs)]
+    ids = s.submit_many(NOOP, jobs)
     submitted = _now_ms()
     say(f"  {jobs} noop jobs submitted in {submitted - t0} ms")
 
