@@ -856,6 +856,7 @@ class ClientRole:
             info["verdicts"][did] = {
                 "passed": verdict.passed,
                 "reason": verdict.reason,
+                "result_hash": reveal.result_hash.hex(),
                 "envelope": signed.hex(),
             }
             lc.event(

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS envelopes (
     hash BLOB PRIMARY KEY, type TEXT NOT NULL, job_id BLOB, sender TEXT NOT NULL,
     envelope BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS envelopes_job ON envelopes (job_id, type, sender);
 """
 
 
@@ -85,6 +86,8 @@ class Lifecycle:
         self.jobs_changed = trio.Event()
         self._reputations: dict[tuple[str, str], tuple[int, Reputation]] = {}
         self._receipts: dict[str, list[bytes]] = {}  # peer -> receipt envelopes to send
+        self._evidence: dict[str, list[Evidence]] = {}  # worker -> its evidence (see below)
+        node.store._on_rollback.append(self._forget_evidence)  # the cache follows the rows
         node.on_ad.append(lambda _worker: self._pulse_ads())
         handlers: dict[str, Callable[[SignedMessage, str], Awaitable[Message | None]]] = {
             "offer": self.worker.on_offer,
@@ -327,13 +330,25 @@ class Lifecycle:
         *,
         runtime_ms: int | None = None,
     ) -> None:
-        self.node.store.db.execute(
+        at = now_ms()
+        cursor = self.node.store.db.execute(
             "INSERT OR IGNORE INTO evidence (worker, job_class, kind, job_id, source, at_ms,"
             " runtime_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (worker, job_class, kind, job_id, source, now_ms(), runtime_ms),
+            (worker, job_class, kind, job_id, source, at, runtime_ms),
         )
+        cached = self._evidence.get(worker)
+        if cached is not None and cursor.rowcount == 1:  # new, not a duplicate ignored
+            hw = self._hw_class(self.node.caps.get(worker))
+            cached.append(
+                Evidence(worker, job_class, kind, at, job_id=job_id, runtime_ms=runtime_ms,
+                         source=source, hw_class=hw)
+            )  # fmt: skip
         for key in [k for k in self._reputations if k[0] == worker]:
             del self._reputations[key]
+
+    def _forget_evidence(self) -> None:
+        self._evidence.clear()
+        self._reputations.clear()
 
     def evidence(self, worker: str | None = None) -> list[Evidence]:
         sql = "SELECT worker, job_class, kind, job_id, source, at_ms, runtime_ms FROM evidence"
@@ -370,7 +385,13 @@ class Lifecycle:
         hit = self._reputations.get(key)
         if hit is not None and now - hit[0] < _REPUTATION_TTL_MS:
             return hit[1]
-        rep = compute_reputation(self.evidence(did), worker=did, job_class=job_class, now=now)
+        # A worker's evidence is read from the database once, then kept in memory and
+        # appended to by `add_evidence`: re-reading it after every verdict (each one
+        # invalidates the worker's score) cost routing O(history) SQL per job.
+        evidence = self._evidence.get(did)
+        if evidence is None:
+            evidence = self._evidence[did] = self.evidence(did)
+        rep = compute_reputation(evidence, worker=did, job_class=job_class, now=now)
         if len(self._reputations) > 4096:
             self._reputations.clear()
         self._reputations[key] = (now, rep)
@@ -438,13 +459,17 @@ class Lifecycle:
         """Tell each paid worker, with the EIP-712 signature the chain accepted: the
         receipt, signed by the client and countersigned by the worker, is evidence."""
         passed = (info.get("outcome") or {}).get("passed") or []
-        reveal = self.evidence_envelope("result_reveal", job_id, passed[0]) if passed else None
+        verdict = info.get("verdicts", {}).get(passed[0], {}) if passed else {}
         result_hash = bytes(32)
-        if reveal is not None:
-            from protocol.envelope import open_envelope
+        if "result_hash" in verdict:  # kept with the verdict by the client that verified
+            result_hash = bytes.fromhex(verdict["result_hash"])
+        else:  # a record from before: the worker's reveal, kept as evidence
+            reveal = self.evidence_envelope("result_reveal", job_id, passed[0]) if passed else None
+            if reveal is not None:
+                from protocol.envelope import open_envelope
 
-            msg = open_envelope(reveal, now=None).message
-            result_hash = getattr(msg, "result_hash", result_hash)
+                msg = open_envelope(reveal, now=None).message
+                result_hash = getattr(msg, "result_hash", result_hash)
         receipt = Receipt(
             job_id=job_id,
             result_hash=result_hash,

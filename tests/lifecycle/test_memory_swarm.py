@@ -556,3 +556,29 @@ async def test_a_revealed_job_no_longer_counts_against_its_worker(
         finally:
             go.set()
         assert await wait_state(client, job_id, {"settled", "refunded"}) == "settled"
+
+
+async def test_reputation_follows_new_evidence_and_rolled_back_evidence_is_forgotten(
+    tmp_path: Path,
+) -> None:
+    """Routing reads a worker's evidence from memory once loaded: new evidence counts at
+    once, and evidence written in a transaction that rolls back does not."""
+    async with memory_swarm(tmp_path, workers=1) as swarm:
+        client, did = swarm.client, swarm.identities[1].did
+        assert client.reputation_of(did, "noop").completed == 0  # loads (nothing yet)
+        client.add_evidence(did, "noop", "completed", b"\x12\x20" + b"\x01" * 32, "verdict:1")
+        client.add_evidence(did, "noop", "completed", b"\x12\x20" + b"\x01" * 32, "verdict:1")
+        assert client.reputation_of(did, "noop").completed == 1  # a duplicate is ignored
+
+        def timeout_then_fail() -> None:
+            with client.node.store.transaction():
+                job = b"\x12\x20" + b"\x02" * 32
+                client.add_evidence(did, "noop", "timeout", job, "attempt:1")
+                assert client.reputation_of(did, "noop").timeouts == 1
+                raise RuntimeError("roll back")
+
+        with pytest.raises(RuntimeError):
+            timeout_then_fail()
+        rep = client.reputation_of(did, "noop")
+        assert (rep.completed, rep.timeouts) == (1, 0)
+        assert len(client.evidence(did)) == 1
