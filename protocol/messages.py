@@ -22,6 +22,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Accept",
     "Assignment",
+    "Batch",
     "Bid",
     "CapabilityAd",
     "Decline",
@@ -502,6 +503,25 @@ class Receipt(Message):
 
 
 MAX_RECEIPTS_PER_BATCH = 64
+MAX_BATCH_ITEMS = 64
+
+
+@dataclass(frozen=True)
+class Batch(Message):
+    """Several requests to one peer in one round trip, or their replies, in order. A
+    request item is an envelope signed by the batch's sender; a reply item is the
+    replier's envelope, or the CBOR of a control map (`{"ok": true}`, `{"error": ...}`)."""
+
+    TYPE: ClassVar[str] = "batch"
+    items: tuple[bytes, ...]
+
+    def _check(self) -> None:
+        _require(
+            0 < len(self.items) <= MAX_BATCH_ITEMS,
+            "batch.items",
+            f"must hold 1..{MAX_BATCH_ITEMS} items",
+        )
+        _require(all(len(item) > 0 for item in self.items), "batch.items", "an empty item")
 
 
 @dataclass(frozen=True)
@@ -584,6 +604,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
             Verdict,
             Receipt,
             ReceiptBatch,
+            Batch,
             DisputeOpen,
             JobEvent,
         )

@@ -4,6 +4,12 @@ A client writes one envelope frame per request and reads exactly one reply frame
 envelope (the handler's signed reply), `{"ok": true}` (handled, nothing to say) or
 `{"error": reason, "detail": text}` after which the server closes the stream. Streams
 are reused for later requests, one request at a time, to save the stream set-up.
+
+Requests to one peer are coalesced: at most `PARALLEL_PER_PEER` are in flight; those
+queued behind them go together as one Batch envelope (its items the requests' own
+envelopes), answered by one Batch of replies in the same order. A lone request goes as
+itself. A burst of jobs then costs a worker one round trip per batch, not per job: the
+transport (yamux, Noise, trio) was ~0.9 ms of CPU per side per round trip.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from node.net.framing import (
     is_control,
 )
 from node.net.streams import ByteStream
+from protocol import codec
 from protocol.envelope import ReplayGuard, SignedMessage, open_envelope, seal
 from protocol.errors import C0Error, PeerProtocolError
 from protocol.identity import Identity, peer_id_from_public, public_from_did
-from protocol.messages import MESSAGE_TYPES, Message
+from protocol.messages import MAX_BATCH_ITEMS, MESSAGE_TYPES, Batch, Message
 
 __all__ = [
     "NEGOTIATE_PROTOCOL",
@@ -75,6 +82,34 @@ def signer_peer(signed: SignedMessage) -> str:
     return peer_id_from_public(public_from_did(signed.sender))
 
 
+PARALLEL_PER_PEER = 2  # requests (single or batched) in flight to one peer at once
+_BATCH_BYTES = 192 * 1024  # item bytes per batch, under the peer's 256 KiB frame limit
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """One caller's request in a peer's lane: sent alone or in a batch, by whichever
+    caller finds the lane free (its send is shielded from its own cancellation)."""
+
+    envelope: bytes
+    limit_at: float  # trio time after which its caller gives up
+    done: trio.Event = field(default_factory=trio.Event)
+    taken: bool = False
+    result: SignedMessage | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Lane:
+    queue: list[_Waiting] = field(default_factory=list)
+    inflight: int = 0
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def pulse(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
 @dataclass
 class _Conn:
     stream: ByteStream
@@ -95,7 +130,9 @@ class Negotiator:
     _active: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     _idle: defaultdict[str, list[_Conn]] = field(default_factory=lambda: defaultdict(list))
     _slots: dict[str, trio.Semaphore] = field(default_factory=dict)
+    _lanes: dict[str, _Lane] = field(default_factory=dict)
     served: int = 0
+    batches_sent: int = 0  # requests that went as a Batch of several
 
     def on(self, message_type: str, handler: Handler) -> None:
         """Register the handler for one message type (one handler per type)."""
@@ -157,6 +194,9 @@ class Negotiator:
         )
         if signer_peer(signed) != peer_id:
             raise PeerProtocolError("wrong_signer", "the envelope is not signed by this peer")
+        if isinstance(signed.message, Batch):
+            items = await self._handle_batch(signed.message, peer_id)
+            return encode_frame(seal(self.identity, Batch(items=items), now=_now_ms()))
         handler = self.handlers.get(signed.message.TYPE)
         if handler is None:
             raise C0Error(f"no handler for {signed.message.TYPE}", code="unsupported")
@@ -168,6 +208,51 @@ class Negotiator:
         if reply is None:
             return encode_control({"ok": True})
         return encode_frame(seal(self.identity, reply, now=_now_ms()))
+
+    async def _handle_batch(self, batch: Batch, peer_id: str) -> tuple[bytes, ...]:
+        """Each item as if it came alone (concurrently); replies in the items' order. A bad
+        item is answered with an error and penalised; the others are served."""
+        replies = [b""] * len(batch.items)
+
+        async def one(index: int, item: bytes) -> None:
+            replies[index] = await self._handle_item(item, peer_id)
+
+        async with trio.open_nursery() as nursery:
+            for index, item in enumerate(batch.items):
+                nursery.start_soon(one, index, item)
+        self.served += len(batch.items) - 1  # the batch itself counts once in `_serve`
+        return tuple(replies)
+
+    async def _handle_item(self, item: bytes, peer_id: str) -> bytes:
+        try:
+            if is_control(item):
+                raise PeerProtocolError("unexpected_type", "a batch item must be an envelope")
+            signed = open_envelope(
+                item,
+                now=_now_ms(),
+                replay_guard=self.replay_guard,
+                max_size=self.config.max_frame,
+            )
+            if signer_peer(signed) != peer_id:
+                raise PeerProtocolError("wrong_signer", "a batch item is not signed by this peer")
+            if isinstance(signed.message, Batch):
+                raise PeerProtocolError("malformed", "batches do not nest")
+            handler = self.handlers.get(signed.message.TYPE)
+            if handler is None:
+                raise C0Error(f"no handler for {signed.message.TYPE}", code="unsupported")
+            with trio.fail_after(self.config.handler_timeout_s):
+                reply = await handler(signed, peer_id)
+        except PeerProtocolError as exc:
+            log.info("negotiate: %s in a batch from %s: %s", exc.reason, peer_id, exc.detail)
+            self.penalise(peer_id, exc.reason)
+            return codec.encode({"error": exc.reason, "detail": exc.detail[:200]})
+        except trio.TooSlowError:
+            return codec.encode({"error": "handler_timeout", "detail": "handler took too long"})
+        except C0Error as exc:
+            return codec.encode({"error": exc.code, "detail": exc.message[:200]})
+        if reply is None:
+            return codec.encode({"ok": True})
+        return seal(self.identity, reply, now=_now_ms())
 
     # ------------------------------------------------------------ client
     async def request(
@@ -181,8 +266,56 @@ class Negotiator:
 
         Raises RemoteRefused (an error frame), PeerProtocolError (a bad reply; the peer
         is penalised), RequestTimeout, or trio.BrokenResourceError (peer unreachable).
+        Requests queued behind `PARALLEL_PER_PEER` in flight go as one Batch.
         """
         limit = self.config.request_timeout_s if timeout is None else timeout
+        lane = self._lanes.get(peer_id)
+        if lane is None:
+            lane = self._lanes[peer_id] = _Lane()
+        waiting = _Waiting(envelope, trio.current_time() + limit)
+        lane.queue.append(waiting)
+        try:
+            with trio.fail_after(limit):
+                while not waiting.done.is_set():
+                    if not waiting.taken and lane.inflight < PARALLEL_PER_PEER:
+                        batch = self._take(lane, waiting)
+                        lane.inflight += 1
+                        try:
+                            with trio.CancelScope(shield=True):  # others wait on this send
+                                await self._send(peer_id, batch)
+                        finally:
+                            lane.inflight -= 1
+                            lane.pulse()
+                    else:
+                        await lane.changed.wait()
+        except trio.TooSlowError:
+            raise RequestTimeout(f"no reply from {peer_id} within {limit:g} s") from None
+        finally:
+            if not waiting.taken:
+                lane.queue.remove(waiting)
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.result
+
+    def _take(self, lane: _Lane, first: _Waiting) -> list[_Waiting]:
+        """`first` and the requests queued after it, as many as one batch holds."""
+        batch, size = [first], len(first.envelope)
+        first.taken = True
+        for waiting in lane.queue:
+            if len(batch) >= MAX_BATCH_ITEMS:
+                break
+            if waiting.taken:
+                continue
+            if size + len(waiting.envelope) > _BATCH_BYTES:
+                break
+            waiting.taken = True
+            size += len(waiting.envelope)
+            batch.append(waiting)
+        lane.queue = [w for w in lane.queue if not w.taken]
+        return batch
+
+    async def _send(self, peer_id: str, batch: list[_Waiting]) -> None:
+        """Deliver `batch` (alone, or as one Batch) and hand each caller its outcome."""
         # Never hold more requests to one peer than half its inbound stream limit: a burst
         # of our own jobs must queue here, not trip the peer's flood protection.
         slots = self._slots.get(peer_id)
@@ -190,12 +323,39 @@ class Negotiator:
             slots = self._slots[peer_id] = trio.Semaphore(
                 max(1, self.config.max_streams_per_peer // 2)
             )
+        limit = max(w.limit_at for w in batch) - trio.current_time()
         try:
-            with trio.fail_after(limit):
+            with trio.move_on_after(max(0.0, limit)) as scope:
                 async with slots:
-                    return await self._request(peer_id, envelope)
-        except trio.TooSlowError:
-            raise RequestTimeout(f"no reply from {peer_id} within {limit:g} s") from None
+                    if len(batch) == 1:
+                        batch[0].result = await self._request(peer_id, batch[0].envelope)
+                    else:
+                        await self._send_batch(peer_id, batch)
+            if scope.cancelled_caught:
+                for w in batch:
+                    w.error = RequestTimeout(f"no reply from {peer_id} within {limit:.3g} s")
+        except (C0Error, trio.BrokenResourceError, OSError) as exc:
+            for w in batch:
+                w.error = exc
+        finally:
+            for w in batch:
+                w.done.set()
+
+    async def _send_batch(self, peer_id: str, batch: list[_Waiting]) -> None:
+        outer = seal(self.identity, Batch(items=tuple(w.envelope for w in batch)), now=_now_ms())
+        reply = await self._request(peer_id, outer)
+        self.batches_sent += 1
+        items = (
+            reply.message.items if reply is not None and isinstance(reply.message, Batch) else ()
+        )
+        if len(items) != len(batch):
+            self.penalise(peer_id, "malformed")
+            raise PeerProtocolError("malformed", "the batch reply does not match the batch")
+        for waiting, item in zip(batch, items, strict=True):
+            try:
+                waiting.result = self._reply(item, peer_id)
+            except (RemoteRefused, PeerProtocolError) as exc:
+                waiting.error = exc
 
     async def _request(self, peer_id: str, envelope: bytes) -> SignedMessage | None:
         frame = encode_frame(envelope)

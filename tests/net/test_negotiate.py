@@ -14,7 +14,8 @@ from node.net.negotiate import Negotiator, RemoteRefused, RequestTimeout
 from node.net.streams import ByteStream, TrioByteStream
 from protocol import codec
 from protocol.envelope import SignedMessage, seal
-from protocol.messages import Decline, Message
+from protocol.errors import C0Error
+from protocol.messages import Batch, Decline, Heartbeat, Message
 from tests.net.conftest import JOB_ID, Penalties, heartbeat, ident, now_ms
 
 SERVER, CLIENT, OTHER = ident(1), ident(2), ident(3)
@@ -263,3 +264,84 @@ async def test_bad_reply_penalises_the_server(nursery: trio.Nursery) -> None:
         await pair.client().request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()))
     assert getattr(err.value, "reason", "") == "wrong_signer"
     assert pair.client_penalties.reasons(SERVER.peer_id) == ["wrong_signer"]
+
+
+async def test_requests_queued_behind_those_in_flight_go_as_one_batch(
+    nursery: trio.Nursery,
+) -> None:
+    """Many requests at once to one peer: two go alone, the rest queue and travel as
+    Batches; every caller still gets its own reply (or its own refusal)."""
+    from node.net.negotiate import PARALLEL_PER_PEER
+
+    pair = Pair(nursery)
+    release = trio.Event()
+    handled: list[float] = []
+
+    async def echo(signed: SignedMessage, peer: str) -> Message | None:
+        hb = signed.message
+        assert isinstance(hb, Heartbeat)
+        if not release.is_set():
+            await release.wait()  # hold the first ones in flight while the rest queue
+        handled.append(hb.progress)
+        if hb.progress == 0.13:
+            raise C0Error("not this one", code="refused_13")
+        return Decline(job_id=JOB_ID, attempt=1, reason="echo", detail=str(hb.progress))
+
+    pair.server.on("heartbeat", echo)
+    client = pair.client()
+    replies: dict[float, str] = {}
+
+    async def ask(i: int) -> None:
+        progress = i / 100
+        try:
+            reply = await client.request(
+                SERVER.peer_id, seal(CLIENT, heartbeat(progress), now=now_ms())
+            )
+        except RemoteRefused as exc:
+            replies[progress] = f"refused: {exc.reason}"
+            return
+        assert reply is not None
+        assert isinstance(reply.message, Decline)
+        replies[progress] = reply.message.detail
+
+    async with trio.open_nursery() as asks:
+        for i in range(30):
+            asks.start_soon(ask, i)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client._lanes[SERVER.peer_id].inflight == PARALLEL_PER_PEER
+        release.set()
+    assert len(handled) == 30
+    assert replies == {
+        i / 100: ("refused: refused_13" if i == 13 else str(i / 100)) for i in range(30)
+    }
+    assert client.batches_sent >= 1
+    assert pair.server.served == 30
+    assert pair.server_penalties.calls == []
+
+
+async def test_a_bad_item_in_a_batch_is_refused_and_penalised_alone(
+    nursery: trio.Nursery,
+) -> None:
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", decline_handler)
+    client = pair.client()
+    good = seal(CLIENT, heartbeat(0.1), now=now_ms())
+    foreign = seal(OTHER, heartbeat(0.2), now=now_ms())  # not the batch sender's
+    reply = await client.request(
+        SERVER.peer_id, seal(CLIENT, Batch(items=(good, foreign, good)), now=now_ms())
+    )
+    assert reply is not None
+    assert isinstance(reply.message, Batch)
+    first, second, third = reply.message.items
+    assert decode_control(second)["error"] == "wrong_signer"
+    # the same envelope twice (items run concurrently): one is served, one is a replay
+    assert sorted(is_control(x) for x in (first, third)) == [False, True]
+    replay = first if is_control(first) else third
+    assert decode_control(replay)["error"] == "replayed"
+    assert sorted(pair.server_penalties.reasons(CLIENT.peer_id)) == ["replayed", "wrong_signer"]
+    nested = seal(CLIENT, Batch(items=(seal(CLIENT, heartbeat(), now=now_ms()),)), now=now_ms())
+    reply = await client.request(SERVER.peer_id, seal(CLIENT, Batch(items=(nested,)), now=now_ms()))
+    assert reply is not None
+    assert isinstance(reply.message, Batch)
+    assert decode_control(reply.message.items[0])["error"] == "malformed"
+    await still_serves(pair)
