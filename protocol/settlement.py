@@ -283,8 +283,7 @@ def locate_batch(batch: Sequence[EscrowTerms], first: int) -> list[EscrowTerms]:
     ordered = sorted(batch, key=lambda t: t.job_id)
     proofs = merkle_proofs([terms_hash(t) for t in ordered])
     return [
-        replace(t, ref=EscrowRef(first, len(ordered), i, proofs[i]))
-        for i, t in enumerate(ordered)
+        replace(t, ref=EscrowRef(first, len(ordered), i, proofs[i])) for i, t in enumerate(ordered)
     ]
 
 
