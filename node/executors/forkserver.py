@@ -185,7 +185,7 @@ class ForkServer:
 
     def close_if_idle(self, idle_s: float) -> bool:
         """Stop the server if no child of it runs and nothing used it for `idle_s`: an idle
-        worker gives its ~39 MB (~63 MB with PyAV) back. Race-free with `spawn` (both
+        worker gives its ~23 MB (~40 MB with PyAV) back. Race-free with `spawn` (both
         hold the lock), and the next job simply starts a new server."""
         with self._lock:
             running = self._proc is not None and self._proc.poll() is None
@@ -418,10 +418,11 @@ PRELOAD: dict[str, tuple[str, ...]] = {
 
 def _preload(job_class: str, loaded: set[str]) -> None:
     """Import what children of `job_class` need, here, once (PyAV: ~80 ms a media child
-    would otherwise spend importing it). Lazily: PyAV's mappings (the server's RSS 39 ->
-    63 MB) made every fork of the server dearer (fork + exit of a noop child 0.7 -> 2.8
-    ms), so a worker that runs only light jobs never pays for it. FFmpeg takes its thread
-    counts per codec context, not from the environment, and starts no thread on import."""
+    would otherwise spend importing it). Lazily: PyAV's mappings (the server's RSS 23 ->
+    40 MB; 39 -> 63 MB when this was measured) made every fork of the server dearer
+    (fork + exit of a noop child 0.7 -> 2.8 ms), so a worker that runs only light jobs
+    never pays for it. FFmpeg takes its thread counts per codec context, not from the
+    environment, and starts no thread on import."""
     missing = [m for m in PRELOAD.get(job_class, ()) if m not in loaded]
     if not missing:
         return

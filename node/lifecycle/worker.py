@@ -47,7 +47,7 @@ __all__ = ["WorkerRole"]
 # after (a late receipt for an ended job is still kept as evidence until then).
 _FORGET_AFTER_S = 300.0
 _PRUNE_EVERY = 64  # offers
-# The fork server (~39 MB, ~63 MB once it holds PyAV) is started when the worker bids,
+# The fork server (~23 MB, ~40 MB once it holds PyAV) is started when the worker bids,
 # so it is warm by the time the assignment comes, and stopped after this long idle.
 FORK_SERVER_IDLE_S = 120.0
 
