@@ -10,6 +10,7 @@ synchronous.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sqlite3
@@ -272,8 +273,11 @@ class EventLog:
         """Chain `event` onto the log (its `prev` is set here), sign, commit; return its hash."""
         now = _now_ms() if now is None else now
         with self.store.transaction() as db:
-            prev = self.head()
-            chained = dataclasses.replace(event, prev=prev)
+            prev = self.head()  # 32 bytes: the genesis or a stored digest
+            # A copy with its link set, without re-validating every field (the event was
+            # checked when it was built; a replace() checked it again, per event).
+            chained = copy.copy(event)
+            object.__setattr__(chained, "prev", prev)
             raw = seal(self.identity, chained, now=now, ttl_ms=MAX_TTL_MS)
             digest = envelope_hash(raw)
             db.execute(

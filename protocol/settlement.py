@@ -288,9 +288,19 @@ def locate_batch(batch: Sequence[EscrowTerms], first: int) -> list[EscrowTerms]:
 
 
 def commit_hash(result_hash: bytes, worker: str, salt: bytes) -> bytes:
-    """keccak256(abi.encode(result_hash, worker, salt)): binds a result to its worker."""
+    """keccak256(abi.encode(result_hash, worker, salt)): binds a result to its worker.
+    Three static words, so encoded word by word (eth_abi took ~0.2 ms a call; a client
+    checks one per reveal)."""
+    _require(
+        isinstance(result_hash, bytes) and isinstance(salt, bytes),
+        "result hash and salt are bytes",
+    )
     _require(len(result_hash) == 32 and len(salt) == 32, "result hash and salt are 32 bytes")
-    return keccak(abi_encode(["bytes32", "address", "bytes32"], [result_hash, worker, salt]))
+    try:
+        worker_word = _address_word(worker)
+    except (ValueError, TypeError, AttributeError):
+        raise SettlementError(f"not an address: {worker!r}") from None
+    return bytes(keccak(result_hash + worker_word + salt))
 
 
 def _require(ok: bool, reason: str) -> None:

@@ -134,3 +134,24 @@ def test_single_job_arguments_are_encoded_as_eth_abi_encodes_them(
         [common.as_abi(), S.job_abi(terms), ref.as_abi()],
     )
     assert S.job_args_encoding(terms) == expected
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(min_size=20, max_size=20),
+       st.binary(min_size=32, max_size=32), st.booleans())  # fmt: skip
+def test_commit_hash_is_keccak_of_what_eth_abi_encodes(
+    result: bytes, address: bytes, salt: bytes, lower: bool
+) -> None:
+    """The commitment is encoded word by word; it equals keccak(abi.encode(...)) for any
+    spelling of the address, and refuses what is not one."""
+    from eth_abi.abi import encode
+    from eth_utils.address import to_checksum_address
+    from eth_utils.crypto import keccak
+
+    worker = "0x" + address.hex() if lower else to_checksum_address(address)
+    expected = keccak(encode(["bytes32", "address", "bytes32"], [result, worker, salt]))
+    assert S.commit_hash(result, worker, salt) == expected
+    for bad in ("0x" + address.hex()[:-2], "not an address", 7):
+        with pytest.raises(S.SettlementError):
+            S.commit_hash(result, bad, salt)  # type: ignore[arg-type]
+    with pytest.raises(S.SettlementError):
+        S.commit_hash(result[:31], worker, salt)
