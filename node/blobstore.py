@@ -94,17 +94,25 @@ class BlobStore:
 
     async def put_file_async(self, path: Path) -> bytes:
         """`put_file` with the copy and its fsync in a worker thread, so the event loop is
-        not held up by the disk; the index is still written from the caller's thread."""
-        digest, tmp, size = await trio.to_thread.run_sync(self._stage, path)
+        not held up by the disk; the index is still written from the caller's thread.
+        A file the store already holds is hashed and dropped, never synced: a worker's
+        equal outputs (every noop job's, say) cost it one fsync, not one each."""
+        digest, tmp, size = await trio.to_thread.run_sync(lambda: self._stage(path, sync=False))
         if self.has(digest):
             tmp.unlink()
             return digest
-        await trio.to_thread.run_sync(self._place, digest, tmp)
+        await trio.to_thread.run_sync(self._sync_and_place, digest, tmp)
         self.store.add_blob(digest, size)
         return digest
 
-    def _stage(self, path: Path) -> tuple[bytes, Path, int]:
-        """Copy `path` to a fresh partial file, hashing it on the way, and sync it."""
+    def _sync_and_place(self, sha256: bytes, tmp: Path) -> None:
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        self._place(sha256, tmp)
+
+    def _stage(self, path: Path, *, sync: bool = True) -> tuple[bytes, Path, int]:
+        """Copy `path` to a fresh partial file, hashing it on the way, and sync it
+        (unless the caller syncs it once it knows the blob is new)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"not a file: {path}")
@@ -117,7 +125,8 @@ class BlobStore:
                 dst.write(chunk)
                 size += len(chunk)
             dst.flush()
-            os.fsync(dst.fileno())
+            if sync:
+                os.fsync(dst.fileno())
         return h.digest(), tmp, size
 
     def _place(self, sha256: bytes, tmp: Path) -> None:

@@ -40,14 +40,21 @@ async def materialize(
 ) -> Path:
     """Fetch every artifact of `manifest` from `peer` into a fresh `folder` with the
     manifest beside them; a name that is not a plain file name is a peer error."""
-    await trio.to_thread.run_sync(_fresh, folder)
+    fetched: list[tuple[Path, str]] = []
     for artifact in manifest.get("artifacts", []):
         name = str(artifact["name"])
-        if not name or "/" in name or "\\\\" in name or name.startswith("."):
+        if not name or "/" in name or "\\" in name or name.startswith("."):
             raise PeerProtocolError("protocol_violation", f"artifact name {name!r}")
         digest = bytes.fromhex(str(artifact["sha256"]))
-        path = await blobs.fetch(peer, digest, int(artifact["size"]))
-        await trio.to_thread.run_sync(shutil.copyfile, path, folder / name)
-    # in a thread: the manifest is fsynced, which held the client's event loop ~2 ms
-    await trio.to_thread.run_sync(write_manifest, folder, manifest)
+        fetched.append((await blobs.fetch(peer, digest, int(artifact["size"])), name))
+
+    def lay_out() -> None:
+        # One thread hop for the folder, the copies and the manifest (which is fsynced:
+        # on the loop that held a client ~2 ms; one hop each cost as many loop turns).
+        _fresh(folder)
+        for path, name in fetched:
+            shutil.copyfile(path, folder / name)
+        write_manifest(folder, manifest)
+
+    await trio.to_thread.run_sync(lay_out)
     return folder

@@ -174,3 +174,33 @@ def test_job_records_keep_big_integers_and_refuse_objects(tmp_path: Path) -> Non
 
     with pytest.raises(TypeError):
         store.put_job(JOB_ID, role="client", state="funded", data={"thing": Thing(1)})
+
+
+async def test_a_blob_already_held_is_not_synced_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new blob is synced (file and folder) before it is indexed; the same bytes put
+    again are hashed and dropped without touching the disk's journal."""
+    import os
+
+    from node import blobstore
+    from node.blobstore import BlobStore
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobstore.os, "fsync", counting_fsync)
+    blobs = BlobStore(tmp_path / "blobs", Store(tmp_path / "node.db"))
+    src = tmp_path / "out.txt"
+    src.write_bytes(b"hello from c0")
+    digest = await blobs.put_file_async(src)
+    assert len(synced) >= 2  # the file, then its folder
+    assert blobs.path_of(digest).read_bytes() == b"hello from c0"
+    synced.clear()
+    assert await blobs.put_file_async(src) == digest
+    assert synced == []
+    assert list(blobs.partial_dir.iterdir()) == []
