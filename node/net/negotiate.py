@@ -192,11 +192,7 @@ class Negotiator:
     async def _handle(self, payload: bytes, peer_id: str) -> bytes:
         if is_control(payload):
             raise PeerProtocolError("unexpected_type", "a request must be an envelope")
-        signed = open_envelope(
-            payload, now=_now_ms(), replay_guard=self.replay_guard, max_size=self.config.max_frame
-        )
-        if signer_peer(signed) != peer_id:
-            raise PeerProtocolError("wrong_signer", "the envelope is not signed by this peer")
+        signed = self._open_from(payload, peer_id, "the envelope is not signed by this peer")
         if isinstance(signed.message, Batch):
             items = await self._handle_batch(signed.message, peer_id)
             return encode_frame(seal(self.identity, Batch(items=items), now=_now_ms()))
@@ -211,6 +207,16 @@ class Negotiator:
         if reply is None:
             return encode_control({"ok": True})
         return encode_frame(seal(self.identity, reply, now=_now_ms()))
+
+    def _open_from(self, payload: bytes, peer_id: str, wrong_signer: str) -> SignedMessage:
+        """Open an envelope (every check of envelope.md, the replay guard included) that
+        `peer_id` must have signed: a node speaks only for itself."""
+        signed = open_envelope(
+            payload, now=_now_ms(), replay_guard=self.replay_guard, max_size=self.config.max_frame
+        )
+        if signer_peer(signed) != peer_id:
+            raise PeerProtocolError("wrong_signer", wrong_signer)
+        return signed
 
     async def _handle_batch(self, batch: Batch, peer_id: str) -> tuple[bytes, ...]:
         """Each item as if it came alone (concurrently); replies in the items' order. A bad
@@ -230,14 +236,7 @@ class Negotiator:
         try:
             if is_control(item):
                 raise PeerProtocolError("unexpected_type", "a batch item must be an envelope")
-            signed = open_envelope(
-                item,
-                now=_now_ms(),
-                replay_guard=self.replay_guard,
-                max_size=self.config.max_frame,
-            )
-            if signer_peer(signed) != peer_id:
-                raise PeerProtocolError("wrong_signer", "a batch item is not signed by this peer")
+            signed = self._open_from(item, peer_id, "a batch item is not signed by this peer")
             if isinstance(signed.message, Batch):
                 raise PeerProtocolError("malformed", "batches do not nest")
             handler = self.handlers.get(signed.message.TYPE)
@@ -400,14 +399,7 @@ class Negotiator:
                 if isinstance(ctl.get("error"), str):
                     raise RemoteRefused(ctl["error"], str(ctl.get("detail", "")))
                 raise PeerProtocolError("malformed", "unknown control frame")
-            signed = open_envelope(
-                payload,
-                now=_now_ms(),
-                replay_guard=self.replay_guard,
-                max_size=self.config.max_frame,
-            )
-            if signer_peer(signed) != peer_id:
-                raise PeerProtocolError("wrong_signer", "reply not signed by the peer asked")
+            signed = self._open_from(payload, peer_id, "reply not signed by the peer asked")
         except PeerProtocolError as exc:
             self.penalise(peer_id, exc.reason)
             raise
