@@ -338,7 +338,13 @@ class Negotiator:
                     w.error = RequestTimeout(f"no reply from {peer_id} within {limit:.3g} s")
         except (C0Error, trio.BrokenResourceError, OSError) as exc:
             for w in batch:
-                w.error = exc
+                if w.result is None and w.error is None:
+                    w.error = exc
+        except BaseException as exc:  # a bug: no caller may take it for an ack
+            for w in batch:
+                if w.result is None and w.error is None:
+                    w.error = exc
+            raise
         finally:
             for w in batch:
                 w.done.set()
