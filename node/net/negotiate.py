@@ -84,7 +84,7 @@ def signer_peer(signed: SignedMessage) -> str:
 
 # Requests (single or batched) in flight to one peer at once. One: everything queued
 # behind it goes in the next batch. The 10-node burst: 37 jobs/s unbatched, 47 with
-# two in flight, 53 with one (bench/README.md); a request waits at most for one.
+# two in flight, 47-53 with one (bench/README.md); a request waits at most for one.
 PARALLEL_PER_PEER = 1
 _BATCH_BYTES = 192 * 1024  # item bytes per batch, under the peer's 256 KiB frame limit
 
