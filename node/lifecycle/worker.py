@@ -386,7 +386,8 @@ class WorkerRole:
         window = max(2.0, (job.terms.common.commit_deadline - await lc.escrow.now()) / 4)
         # A lone worker (redundancy 1) has no peer to copy from, nor to be copied by: its
         # reveal carries the commitment (the client derives it), one message instead of
-        # two. With K > 1 every commit must be in before any reveal is accepted.
+        # two. With K > 1 each worker commits before it reveals (the client refuses a
+        # reveal from a worker whose commit it has not had).
         solo = job.assignment is not None and len(job.assignment.workers) == 1
         delivered = False
         with trio.move_on_after(window):
