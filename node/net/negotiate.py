@@ -86,6 +86,11 @@ def signer_peer(signed: SignedMessage) -> str:
 # behind it goes in the next batch. The 10-node burst: 37 jobs/s unbatched, 47 with
 # two in flight, 47-53 with one (bench/README.md); a request waits at most for one.
 PARALLEL_PER_PEER = 1
+# ... unless the oldest send has waited this long: then one more may go (up to
+# MAX_PARALLEL_PER_PEER), so one slow handler (a worker approving a new client's stake
+# on a slow chain, say) holds the others up by about this much, not for its whole time.
+STALL_S = 1.0
+MAX_PARALLEL_PER_PEER = 8
 _BATCH_BYTES = 192 * 1024  # item bytes per batch, under the peer's 256 KiB frame limit
 
 
@@ -105,12 +110,28 @@ class _Waiting:
 @dataclass
 class _Lane:
     queue: list[_Waiting] = field(default_factory=list)
-    inflight: int = 0
+    started: list[float] = field(default_factory=list)  # trio times of the sends in flight
     changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def inflight(self) -> int:
+        return len(self.started)
 
     def pulse(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+    def may_send(self) -> bool:
+        if self.inflight < PARALLEL_PER_PEER:
+            return True
+        stalled = trio.current_time() - min(self.started) >= STALL_S
+        return stalled and self.inflight < MAX_PARALLEL_PER_PEER
+
+    def until_stalled(self) -> float:
+        """How long until `may_send` can turn true without a send ending."""
+        if not self.started or self.inflight >= MAX_PARALLEL_PER_PEER:
+            return math.inf
+        return max(0.0, min(self.started) + STALL_S - trio.current_time())
 
 
 @dataclass
@@ -279,17 +300,19 @@ class Negotiator:
         try:
             with trio.fail_after(limit):
                 while not waiting.done.is_set():
-                    if not waiting.taken and lane.inflight < PARALLEL_PER_PEER:
+                    if not waiting.taken and lane.may_send():
                         batch = self._take(lane, waiting)
-                        lane.inflight += 1
+                        started = trio.current_time()
+                        lane.started.append(started)
                         try:
                             with trio.CancelScope(shield=True):  # others wait on this send
                                 await self._send(peer_id, batch)
                         finally:
-                            lane.inflight -= 1
+                            lane.started.remove(started)
                             lane.pulse()
                     else:
-                        await lane.changed.wait()
+                        with trio.move_on_after(lane.until_stalled()):
+                            await lane.changed.wait()
         except trio.TooSlowError:
             raise RequestTimeout(f"no reply from {peer_id} within {limit:g} s") from None
         finally:

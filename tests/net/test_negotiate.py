@@ -345,3 +345,44 @@ async def test_a_bad_item_in_a_batch_is_refused_and_penalised_alone(
     assert isinstance(reply.message, Batch)
     assert decode_control(reply.message.items[0])["error"] == "malformed"
     await still_serves(pair)
+
+
+async def test_a_slow_request_holds_the_next_ones_up_only_until_it_counts_as_stalled(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request in flight per peer, but a handler that takes long (a stake approval
+    on a slow chain) must not hold every later request to that peer for all its time:
+    past `STALL_S` another send may go."""
+    from node.net import negotiate
+
+    monkeypatch.setattr(negotiate, "STALL_S", 0.05)
+    pair = Pair(nursery)
+    slow_done = trio.Event()
+
+    async def handler(signed: SignedMessage, peer: str) -> Message | None:
+        hb = signed.message
+        assert isinstance(hb, Heartbeat)
+        if hb.progress == 0.9:
+            await slow_done.wait()
+        return Decline(job_id=JOB_ID, attempt=1, reason="echo", detail=str(hb.progress))
+
+    pair.server.on("heartbeat", handler)
+    client = pair.client()
+    answers: list[str] = []
+
+    async def slow() -> None:
+        reply = await client.request(SERVER.peer_id, seal(CLIENT, heartbeat(0.9), now=now_ms()))
+        assert reply is not None
+        answers.append("slow")
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(slow)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(5):  # without the stall rule this waits for the slow one
+            reply = await client.request(SERVER.peer_id, seal(CLIENT, heartbeat(0.1), now=now_ms()))
+        assert reply is not None
+        assert isinstance(reply.message, Decline)
+        assert reply.message.detail == "0.1"
+        assert answers == []  # the slow one is still in flight
+        slow_done.set()
+    assert answers == ["slow"]
