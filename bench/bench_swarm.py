@@ -362,7 +362,7 @@ def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
     }
 
 
-def _quiet(s: Swarm, limit_s: float = 60.0) -> float:
+def _quiet(limit_s: float = 60.0) -> float:
     """Wait (bounded) until the host is mostly idle again: the last round's payments and
     ads have gone out. Returns the idle share of the last 1 s window."""
     deadline = time.monotonic() + limit_s
@@ -380,7 +380,7 @@ def bench_throughput(s: Swarm, jobs: int, rounds: int = BURST_ROUNDS) -> dict[st
     say(f"  warm-up: {warmed} noop jobs settled (not counted)")
     results = []
     for r in range(rounds):
-        idle = _quiet(s)
+        idle = _quiet()
         one = _burst(s, jobs)
         one["idle_before"] = round(idle, 2)
         say(f"  round {r + 1}: {one['jobs_per_s']} jobs/s, {one['states']}")

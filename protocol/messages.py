@@ -33,7 +33,6 @@ __all__ = [
     "Message",
     "Offer",
     "Receipt",
-    "ReceiptBatch",
     "ResultCommit",
     "ResultReveal",
     "Verdict",
@@ -502,7 +501,6 @@ class Receipt(Message):
         _require(len(self.eip712_sig) == 65, "receipt.eip712_sig", "not 65 bytes")
 
 
-MAX_RECEIPTS_PER_BATCH = 64
 MAX_BATCH_ITEMS = 64
 
 
@@ -522,27 +520,6 @@ class Batch(Message):
             f"must hold 1..{MAX_BATCH_ITEMS} items",
         )
         _require(all(len(item) > 0 for item in self.items), "batch.items", "an empty item")
-
-
-@dataclass(frozen=True)
-class ReceiptBatch(Message):
-    """Client: the Receipts of one release for jobs this worker did, in one request. Each
-    stays in the client's own signed envelope: the per-job evidence a lone Receipt is."""
-
-    TYPE: ClassVar[str] = "receipt_batch"
-    receipts: tuple[bytes, ...]  # envelopes of Receipt messages, signed by this sender
-
-    def _check(self) -> None:
-        _require(
-            0 < len(self.receipts) <= MAX_RECEIPTS_PER_BATCH,
-            "receipt_batch.receipts",
-            f"must hold 1..{MAX_RECEIPTS_PER_BATCH} envelopes",
-        )
-        _require(
-            all(0 < len(r) <= 4096 for r in self.receipts),
-            "receipt_batch.receipts",
-            "an envelope is 1..4096 bytes",
-        )
 
 
 @dataclass(frozen=True)
@@ -603,7 +580,6 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
             ResultReveal,
             Verdict,
             Receipt,
-            ReceiptBatch,
             Batch,
             DisputeOpen,
             JobEvent,

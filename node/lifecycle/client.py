@@ -133,7 +133,7 @@ class ClientRole:
         """Jobs of ours with offers out, bids not yet closed: they join the next open soon.
         (Jobs waiting for room do not: room frees when running jobs reveal, after the
         open that funds them; an open waiting for those stalled the whole burst.)"""
-        return len(self.bidding) - len(self.waiting & self.bidding)
+        return len(self.bidding - self.waiting)
 
     # ------------------------------------------------------------ submit
     def submit(
@@ -747,10 +747,12 @@ class ClientRole:
             digest = b""
         if digest != msg.result_hash:
             raise PeerProtocolError("protocol_violation", "result hash does not match manifest")
+        if slot.reveal is None:
+            # The worker no longer counts this job against its capacity (job-lifecycle.md),
+            # so neither do we: verifying it is our work, not the worker's. (A worker that
+            # re-sends its reveal frees nothing twice.)
+            self._free(1)
         slot.reveal = signed
-        # The worker no longer counts this job against its capacity (job-lifecycle.md),
-        # so neither do we: verifying it is our work, not the worker's.
-        self._free(1)
         self._persist_submission(msg.job_id, msg.attempt, "reveals", slot.did, signed.raw.hex())
         self.lc.store_evidence(signed)
         self.active[(msg.job_id, msg.attempt)].poke()

@@ -23,7 +23,7 @@ from node.lifecycle.worker import WorkerJob, WorkerRole
 from node.net.caps import KnownWorker
 from protocol.envelope import SignedMessage, envelope_hash
 from protocol.errors import C0Error
-from protocol.messages import MAX_RECEIPTS_PER_BATCH, JobEvent, Message, Receipt, ReceiptBatch
+from protocol.messages import JobEvent, Message, Receipt
 from protocol.reputation import Evidence, Reputation, compute_reputation
 from protocol.settlement import EscrowTerms
 from protocol.state import TERMINAL, State
@@ -33,9 +33,6 @@ __all__ = ["Lifecycle"]
 log = logging.getLogger("c0.lifecycle")
 
 _REPUTATION_TTL_MS = 1000
-# A release pays many jobs at once; their receipts to one worker share a message.
-RECEIPT_GATHER_S = 0.05
-_RECEIPT_TTL_MS = 86_400_000  # a receipt is evidence: it stays verifiable a day
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evidence (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,7 +82,6 @@ class Lifecycle:
         self.ads_changed = trio.Event()
         self.jobs_changed = trio.Event()
         self._reputations: dict[tuple[str, str], tuple[int, Reputation]] = {}
-        self._receipts: dict[str, list[bytes]] = {}  # peer -> receipt envelopes to send
         self._evidence: dict[str, list[Evidence]] = {}  # worker -> its evidence (see below)
         node.store._on_rollback.append(self._forget_evidence)  # the cache follows the rows
         node.on_ad.append(lambda _worker: self._pulse_ads())
@@ -93,7 +89,6 @@ class Lifecycle:
             "offer": self.worker.on_offer,
             "assignment": self.worker.on_assignment,
             "receipt": self.worker.on_receipt,
-            "receipt_batch": self.worker.on_receipt_batch,
             "heartbeat": self.client.on_heartbeat,
             "decline": self.client.on_decline,
             "result_commit": self.client.on_commit,
@@ -477,25 +472,10 @@ class Lifecycle:
             payouts=tuple(a.payout for a in terms.assignments),
             eip712_sig=signature,
         )
-        raw = self.node.seal(receipt, ttl_ms=_RECEIPT_TTL_MS)
+        # The receipts of one release leave their job tasks together: the negotiate
+        # lane sends those to the same worker as one batch (spec/protocols.md).
         for worker in info["workers"]:
-            self._queue_receipt(worker["peer"], raw)
-
-    def _queue_receipt(self, peer: str, raw: bytes) -> None:
-        """Receipts for one worker wait `RECEIPT_GATHER_S` to share one ReceiptBatch:
-        every job of a release hears of it at once, so a release of 50 jobs over 9
-        workers sends 9 messages, not 50."""
-        box = self._receipts.setdefault(peer, [])
-        box.append(raw)
-        if len(box) == 1:
-            self.spawn(self._flush_receipts, peer)
-
-    async def _flush_receipts(self, peer: str) -> None:
-        await trio.sleep(RECEIPT_GATHER_S)  # gathering the release's other receipts
-        box = self._receipts.pop(peer, [])
-        for i in range(0, len(box), MAX_RECEIPTS_PER_BATCH):
-            chunk = tuple(box[i : i + MAX_RECEIPTS_PER_BATCH])
-            await self.send_quietly(peer, ReceiptBatch(receipts=chunk), tries=2)
+            await self.send_quietly(worker["peer"], receipt, tries=2)
 
 
 def _worker_state(phase: str) -> str:

@@ -19,8 +19,8 @@ from node.executors import ExecutionRequest, ExecutionResult, Executor
 from node.executors.registry import FORK_SERVER, get_executor
 from node.lifecycle.escrow import terms_from_json, terms_on_chain
 from node.lifecycle.faults import tamper_result
-from protocol.envelope import SignedMessage, open_envelope
-from protocol.errors import C0Error, PeerProtocolError
+from protocol.envelope import SignedMessage
+from protocol.errors import C0Error
 from protocol.jobs import job_id_text
 from protocol.messages import (
     Accept,
@@ -31,7 +31,6 @@ from protocol.messages import (
     Message,
     Offer,
     Receipt,
-    ReceiptBatch,
     ResultCommit,
     ResultReveal,
 )
@@ -217,39 +216,13 @@ class WorkerRole:
         return Accept(job_id=a.job_id, attempt=a.attempt, terms_hash=a.terms_hash)
 
     async def on_receipt(self, signed: SignedMessage, peer: str) -> None:
-        assert isinstance(signed.message, Receipt)
-        self._take_receipts([signed])
-        return None
-
-    async def on_receipt_batch(self, signed: SignedMessage, peer: str) -> None:
-        """A release's receipts in one message; each is its own envelope by the sender.
-        All are checked before any is taken: one bad envelope refuses the batch."""
-        batch = signed.message
-        assert isinstance(batch, ReceiptBatch)
-        receipts = []
-        for raw in batch.receipts:
-            try:
-                inner = open_envelope(raw, now=now_ms(), max_size=4096)
-            except C0Error as exc:
-                raise PeerProtocolError("malformed", f"receipt in batch: {exc}") from None
-            if inner.sender != signed.sender or not isinstance(inner.message, Receipt):
-                raise PeerProtocolError("malformed", "a batch holds its sender's receipts only")
-            receipts.append(inner)
-        self._take_receipts(receipts)
-        return None
-
-    def _take_receipts(self, receipts: list[SignedMessage]) -> None:
-        """Wake the jobs the receipts pay (their client's own receipts only) and keep
-        each receipt as evidence."""
-        wanted: dict[bytes, list[SignedMessage]] = {}
-        for signed in receipts:
-            assert isinstance(signed.message, Receipt)
-            wanted.setdefault(signed.message.job_id, []).append(signed)
+        receipt = signed.message
+        assert isinstance(receipt, Receipt)
         for (job_id, _attempt), job in self.jobs.items():
-            for signed in wanted.get(job_id, ()):
-                if signed.sender == job.offer.spec.client:
-                    job.released.set()
-                    self.lc.store_evidence(signed)
+            if job_id == receipt.job_id and signed.sender == job.offer.spec.client:
+                job.released.set()
+                self.lc.store_evidence(signed)
+        return None
 
     # ------------------------------------------------------------ execution
     async def _run(self, job: WorkerJob) -> None:

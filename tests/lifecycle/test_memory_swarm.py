@@ -461,46 +461,32 @@ async def test_spare_offers_come_only_from_room_our_other_jobs_do_not_need(
         assert sum("spare offer withheld" in r for r in reasons) == 2
 
 
-async def test_receipts_of_one_release_reach_a_worker_in_one_message(tmp_path: Path) -> None:
-    """Jobs released together are receipted together: one ReceiptBatch per worker, each
-    receipt its own client-signed envelope kept as evidence. A batch smuggling in an
-    envelope signed by someone else is refused whole, and pays nothing."""
+async def test_receipts_pay_the_worker_only_when_its_client_signed_them(
+    tmp_path: Path,
+) -> None:
+    """Each job released gets its receipt, kept by the worker as evidence, signed by
+    the client (receipts of one release travel batched, as any requests to one peer do:
+    tests/net/test_negotiate.py). A receipt for a job signed by anyone else pays nothing;
+    the client's own for the same job does."""
     from node.lifecycle.worker import WorkerJob
     from protocol.envelope import open_envelope
-    from protocol.errors import PeerProtocolError
-    from protocol.messages import Receipt, ReceiptBatch
+    from protocol.messages import Receipt
 
     async with memory_swarm(tmp_path, workers=1) as swarm:
         client, worker = swarm.client, swarm.lc(1)
         await wait_for(lambda: offering(client) == 1, 60)
-        batches: list[int] = []
-        real = worker.node.negotiator.handlers["receipt_batch"]
-
-        async def counted(signed, peer):  # type: ignore[no-untyped-def]
-            assert isinstance(signed.message, ReceiptBatch)
-            batches.append(len(signed.message.receipts))
-            return await real(signed, peer)
-
-        worker.node.negotiator.handlers["receipt_batch"] = counted
         jobs = [submit_noop(client, {"payload": f"r{i}"}, redundancy=1) for i in range(3)]
         for job in jobs:
             assert await wait_state(client, job, {"settled", "refunded"}) == "settled"
-        txs = {client.node.store.get_job(j).data["attempts"]["1"]["release_tx"] for j in jobs}
         for job in jobs:
             await wait_state(worker, job, {"released"})
-        assert sum(batches) == 3
-        assert len(batches) == len(txs)  # one message per release, not one per job
         rows = worker.node.store.db.execute(
-            "SELECT job_id, sender FROM envelopes WHERE type='receipt'"
+            "SELECT job_id, sender, envelope FROM envelopes WHERE type='receipt'"
         ).fetchall()
         assert {bytes(r[0]) for r in rows} == set(jobs)
         assert {r[1] for r in rows} == {client.node.did}
 
-        # a forged receipt inside an otherwise good batch
-        stored = worker.node.store.db.execute(
-            "SELECT envelope FROM envelopes WHERE type='receipt' LIMIT 1"
-        ).fetchone()
-        genuine = open_envelope(bytes(stored[0]), now=None).message
+        genuine = open_envelope(bytes(rows[0][2]), now=None).message
         assert isinstance(genuine, Receipt)
         pending = next(iter(worker.worker.jobs.values()))
         fresh = WorkerJob(pending.offer, pending.client_peer)
@@ -513,12 +499,12 @@ async def test_receipts_of_one_release_reach_a_worker_in_one_message(tmp_path: P
             payouts=genuine.payouts,
             eip712_sig=genuine.eip712_sig,
         )
-        good = client.node.seal(for_fresh)  # alone, this one would pay `fresh`
-        forged = swarm.lc(1).node.seal(for_fresh)
-        batch = open_envelope(client.node.seal(ReceiptBatch(receipts=(good, forged))), now=None)
-        with pytest.raises(PeerProtocolError, match="its sender's receipts only"):
-            await worker.worker.on_receipt_batch(batch, client.node.peer_id)
+        forged = open_envelope(swarm.lc(1).node.seal(for_fresh), now=None)
+        await worker.worker.on_receipt(forged, worker.node.peer_id)
         assert not fresh.released.is_set()
+        good = open_envelope(client.node.seal(for_fresh), now=None)
+        await worker.worker.on_receipt(good, client.node.peer_id)
+        assert fresh.released.is_set()
         del worker.worker.jobs[key]
 
 
