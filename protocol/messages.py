@@ -35,6 +35,7 @@ __all__ = [
     "Receipt",
     "ResultCommit",
     "ResultReveal",
+    "RevealCall",
     "Verdict",
     "message_from_body",
 ]
@@ -464,6 +465,18 @@ class ResultReveal(Message):
 
 
 @dataclass(frozen=True)
+class RevealCall(Message):
+    """Client -> each worker of an attempt with K > 1: every commit is in, reveal now."""
+
+    TYPE: ClassVar[str] = "reveal_call"
+    job_id: bytes
+    attempt: int
+
+    def _check(self) -> None:
+        _require(_is_job_id(self.job_id), "reveal_call.job_id", "not a SHA-256 multihash")
+
+
+@dataclass(frozen=True)
 class Verdict(Message):
     """Verifier (the client or a peer): did a worker's result pass, and which checks."""
 
@@ -578,6 +591,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = types.MappingProxyType(
             Heartbeat,
             ResultCommit,
             ResultReveal,
+            RevealCall,
             Verdict,
             Receipt,
             Batch,

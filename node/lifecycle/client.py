@@ -4,6 +4,7 @@ jobs this node submits. One task per job; every step is persisted so a restart r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ from protocol.messages import (
     Offer,
     ResultCommit,
     ResultReveal,
+    RevealCall,
     Verdict,
 )
 from protocol.results import result_digest
@@ -71,6 +73,10 @@ class Attempt:
     slots: dict[str, WorkerSlot]  # by DID
     terms: EscrowTerms
     changed: trio.Event = field(default_factory=trio.Event)
+    called: bool = False  # K > 1: the reveal call has gone out (not kept over a restart)
+
+    def committed(self) -> bool:
+        return all(x.commitment is not None for x in self.slots.values())
 
     def poke(self) -> None:
         self.changed.set()
@@ -275,7 +281,7 @@ class ClientRole:
                 self._fail_attempt(job_id, data, machine, attempt, failure)
             finally:
                 if self.active.pop((job_id, attempt.number), None) is not None:
-                    self._free(sum(1 for x in attempt.slots.values() if x.reveal is None))
+                    self._free(sum(1 for x in attempt.slots.values() if x.commitment is None))
 
     # ------------------------------------------------------------ routing and funding
     def _ours_in_flight(self) -> dict[str, int]:
@@ -283,7 +289,7 @@ class ClientRole:
         inflight: dict[str, int] = dict(self.offered)
         for attempt in self.active.values():
             for did, slot in attempt.slots.items():
-                if slot.reveal is None:  # a worker counts a job until it has revealed
+                if slot.commitment is None:  # a worker counts a job until its result is in
                     inflight[did] = inflight.get(did, 0) + 1
         return inflight
 
@@ -618,6 +624,9 @@ class ClientRole:
                 )
             if machine.state is State.ASSIGNED and any(x.started for x in slots):
                 self._step(job_id, data, machine, Event.START)
+            if len(slots) > 1 and not attempt.called and attempt.committed():
+                attempt.called = True
+                self.lc.spawn(self._call_reveals, job_id, attempt)
             if all(x.reveal is not None for x in slots):
                 if machine.state is State.ASSIGNED:
                     self._step(job_id, data, machine, Event.START)
@@ -717,6 +726,10 @@ class ClientRole:
         slot = self._slot(signed, msg.job_id, msg.attempt)
         if slot.commitment is not None and slot.commitment != msg.commitment:
             raise PeerProtocolError("protocol_violation", "a second, different commitment")
+        if slot.commitment is None:
+            # The worker no longer counts this job against its capacity once its result is
+            # in (job-lifecycle.md), so neither do we. (A re-sent commit frees nothing.)
+            self._free(1)
         slot.commitment = msg.commitment
         slot.started = True
         self._persist_submission(msg.job_id, msg.attempt, "commits", slot.did, msg.commitment.hex())
@@ -727,16 +740,23 @@ class ClientRole:
         msg = signed.message
         assert isinstance(msg, ResultReveal)
         slot = self._slot(signed, msg.job_id, msg.attempt)
+        attempt = self.active[(msg.job_id, msg.attempt)]
         if slot.commitment is None:
-            if len(self.active[(msg.job_id, msg.attempt)].slots) != 1:
+            if len(attempt.slots) != 1:
                 raise PeerProtocolError("protocol_violation", "reveal before commit")
             # The attempt's only worker: nobody can copy its result, so its reveal stands
             # for its commit (job-lifecycle.md); the commitment is kept as if it was sent.
             slot.commitment = commit_hash(msg.result_hash, slot.eth, msg.salt)
             slot.started = True
+            self._free(1)  # its result is in: the worker no longer counts the job
             self._persist_submission(
                 msg.job_id, msg.attempt, "commits", slot.did, slot.commitment.hex()
             )
+        elif not attempt.committed() and not await self._commit_window_over(attempt):
+            # Reveals follow once every commit is in (we call for them) or the commit
+            # deadline has passed: an earlier one could only come from a worker that did
+            # not wait for our call.
+            raise PeerProtocolError("protocol_violation", "reveal before every commit is in")
         if commit_hash(msg.result_hash, slot.eth, msg.salt) != slot.commitment:
             job_class = self.records.get(msg.job_id, {}).get("spec", {}).get("job_class", "")
             self.lc.add_evidence(slot.did, job_class, "verify_failed", msg.job_id, "bad_reveal")
@@ -747,16 +767,25 @@ class ClientRole:
             digest = b""
         if digest != msg.result_hash:
             raise PeerProtocolError("protocol_violation", "result hash does not match manifest")
-        if slot.reveal is None:
-            # The worker no longer counts this job against its capacity (job-lifecycle.md),
-            # so neither do we: verifying it is our work, not the worker's. (A worker that
-            # re-sends its reveal frees nothing twice.)
-            self._free(1)
         slot.reveal = signed
         self._persist_submission(msg.job_id, msg.attempt, "reveals", slot.did, signed.raw.hex())
         self.lc.store_evidence(signed)
-        self.active[(msg.job_id, msg.attempt)].poke()
+        attempt.poke()
         return None
+
+    async def _commit_window_over(self, attempt: Attempt) -> bool:
+        escrow = self.lc.escrow
+        return escrow is None or await escrow.now() >= attempt.terms.common.commit_deadline
+
+    async def _call_reveals(self, job_id: bytes, attempt: Attempt) -> None:
+        """Every commit of the attempt is in: ask each worker that has not revealed."""
+        call = RevealCall(job_id=job_id, attempt=attempt.number)
+        async with trio.open_nursery() as nursery:
+            for slot in attempt.slots.values():
+                if slot.reveal is None:
+                    nursery.start_soon(
+                        functools.partial(self.lc.send_quietly, slot.peer, call, limit_s=5.0)
+                    )
 
     def _persist_submission(
         self, job_id: bytes, attempt: int, kind: str, did: str, value: str

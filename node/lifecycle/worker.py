@@ -33,6 +33,7 @@ from protocol.messages import (
     Receipt,
     ResultCommit,
     ResultReveal,
+    RevealCall,
 )
 from protocol.results import result_digest
 from protocol.settlement import STATUS_SETTLED, EscrowTerms, SettlementError, commit_hash
@@ -65,6 +66,7 @@ class WorkerJob:
     terms: EscrowTerms | None = None
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     released: trio.Event = field(default_factory=trio.Event)
+    reveal_called: trio.Event = field(default_factory=trio.Event)  # K > 1: all commits in
     counted: bool = False  # counts towards WorkerRole.running (settings.capacity)
     touched: float = field(default_factory=time.monotonic)  # offered, or ended
     ended: bool = False
@@ -224,6 +226,15 @@ class WorkerRole:
                 self.lc.store_evidence(signed)
         return None
 
+    async def on_reveal_call(self, signed: SignedMessage, peer: str) -> None:
+        call = signed.message
+        assert isinstance(call, RevealCall)
+        job = self.jobs.get((call.job_id, call.attempt))
+        if job is None or signed.sender != job.offer.spec.client:
+            raise C0Error("no such job or attempt here", code="unknown_job")
+        job.reveal_called.set()
+        return None
+
     # ------------------------------------------------------------ execution
     async def _run(self, job: WorkerJob) -> None:
         assert job.assignment is not None
@@ -254,8 +265,9 @@ class WorkerRole:
             job.ended, job.touched = True, time.monotonic()
 
     def _uncount(self, job: WorkerJob) -> None:
-        """The job no longer takes one of `capacity`: its result is delivered (only
-        the payment is awaited, which costs nothing) or it ended."""
+        """The job no longer takes one of `capacity`: its result is delivered (committed
+        with K > 1, revealed with K = 1; what is left is waiting, which costs nothing) or
+        it ended."""
         if job.counted:
             job.counted = False
             self.running -= 1
@@ -356,29 +368,43 @@ class WorkerRole:
         # Keep trying the client (it may be restarting) for a quarter of the commit window;
         # after that, the chain is the only way to be paid.
         assert lc.escrow is not None
-        window = max(2.0, (job.terms.common.commit_deadline - await lc.escrow.now()) / 4)
+        chain_now = await lc.escrow.now()
+        commit_deadline = job.terms.common.commit_deadline
+        window = max(2.0, (commit_deadline - chain_now) / 4)
         # A lone worker (redundancy 1) has no peer to copy from, nor to be copied by: its
         # reveal carries the commitment (the client derives it), one message instead of
-        # two. With K > 1 each worker commits before it reveals (the client refuses a
-        # reveal from a worker whose commit it has not had).
+        # two. With K > 1 a worker commits, then reveals only when the client calls for
+        # it, once every worker's commit is in; a call that has not come by the commit
+        # window's last quarter leaves the chain (commit there, reveal after the commit
+        # deadline): no result is disclosed before every commit is in or that deadline.
         solo = job.assignment is not None and len(job.assignment.workers) == 1
-        delivered = False
+        delivered = called = solo
         with trio.move_on_after(window):
             delivered = solo or await lc.send_quietly(
                 job.client_peer, commit, tries=20, limit_s=5.0
             )
-            delivered = delivered and await lc.send_quietly(
-                job.client_peer, reveal, tries=20, limit_s=5.0
-            )
-        lc.record_worker(job, "revealed" if delivered else "client_unreachable")
+        if delivered and not solo:
+            self._uncount(job)  # its result is in (committed): bid while the others commit
+            margin = max(3, (commit_deadline - chain_now) // 4)
+            with trio.move_on_after(max(0.0, commit_deadline - margin - chain_now)):
+                await job.reveal_called.wait()
+            called = job.reveal_called.is_set()
+        if called:
+            with trio.move_on_after(window):
+                delivered = await lc.send_quietly(job.client_peer, reveal, tries=20, limit_s=5.0)
+        outcome = "revealed" if delivered and called else "client_unreachable"
+        if delivered and not called:
+            outcome = "reveal_not_called"  # the client had our commit, not every other one
+        lc.record_worker(job, outcome)
         self._uncount(job)  # waiting to be paid takes no capacity: bid for the next job
         log.info(
             "job %s attempt %d: %s",
             job_key,
             offer.attempt,
-            "revealed to client" if delivered else "client unreachable",
+            outcome.replace("_", " "),
         )
-        await self._await_payment(job, result_hash, salt, commitment, client_gone=not delivered)
+        gone = outcome != "revealed"  # past the wait: straight to the chain
+        await self._await_payment(job, result_hash, salt, commitment, client_gone=gone)
 
     # ------------------------------------------------------------ claim path
     async def _await_payment(

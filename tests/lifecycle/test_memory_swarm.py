@@ -417,8 +417,63 @@ async def test_a_lone_worker_reveals_without_a_separate_commit(tmp_path: Path) -
         try:
             with pytest.raises(PeerProtocolError, match="reveal before commit"):
                 await client.client.on_reveal(signed, w1.peer_id)
+            # committed, but its co-worker has not: still too early (the commit window
+            # of these terms is far from over)
+            slots = client.client.active[(fake, 1)].slots
+            slots[w1.did].commitment = commit_hash(reveal.result_hash, w1.eth_address, reveal.salt)
+            again = open_envelope(swarm.lc(1).node.seal(early), now=None)
+            with pytest.raises(PeerProtocolError, match="before every commit is in"):
+                await client.client.on_reveal(again, w1.peer_id)
+            assert slots[w1.did].reveal is None
+            # once every commit is in, the same reveal stands
+            slots[w2.did].commitment = bytes(32)
+            third = open_envelope(swarm.lc(1).node.seal(early), now=None)
+            await client.client.on_reveal(third, w1.peer_id)
+            assert slots[w1.did].reveal is third
         finally:
             del client.client.active[(fake, 1)]
+
+
+async def test_workers_reveal_only_once_every_commit_is_in(tmp_path: Path) -> None:
+    """Redundancy 2 with one worker held back before it commits: the other commits, and
+    its reveal waits for the client's call, which comes only after the second commit."""
+    import trio
+
+    from node.app import now_ms
+
+    async with memory_swarm(tmp_path, workers=2) as swarm:
+        client = swarm.client
+        await wait_for(lambda: offering(client) == 2, 60)
+        gate = trio.Event()
+        held = swarm.lc(2).worker
+        real_submit = held._submit
+
+        async def gated(job, result):  # type: ignore[no-untyped-def]
+            await gate.wait()
+            await real_submit(job, result)
+
+        held._submit = gated  # type: ignore[method-assign]
+        job_id = submit_noop(client, {"payload": "pair"}, redundancy=2)
+
+        def one_commit_in() -> bool:
+            attempt = client.client.active.get((job_id, 1))
+            return (
+                attempt is not None
+                and [s.commitment is not None for s in attempt.slots.values()].count(True) == 1
+            )
+
+        await wait_for(one_commit_in, 60)
+        opened = now_ms()
+        gate.set()
+        assert await wait_state(client, job_id, {"settled", "refunded", "cancelled"}) == "settled"
+        for i in (1, 2):
+            phases = {
+                e.message.state: e.message.timestamp for e in swarm.lc(i).node.events.events(job_id)
+            }  # type: ignore[attr-defined]
+            assert phases["committed"] <= phases["revealed"]
+            assert phases["revealed"] >= opened, (i, phases, opened)
+        info = client.node.store.get_job(job_id).data["attempts"]["1"]
+        assert len(info["commits"]) == len(info["reveals"]) == 2
 
 
 async def test_spare_offers_come_only_from_room_our_other_jobs_do_not_need(

@@ -24,6 +24,7 @@ from protocol.messages import (
     Receipt,
     ResultCommit,
     ResultReveal,
+    RevealCall,
     Verdict,
     message_from_body,
 )
@@ -73,6 +74,7 @@ def samples() -> list[Message]:
         Accept(job_id=JOB, attempt=1, terms_hash=H),
         Heartbeat(job_id=JOB, attempt=1, phase="encode", progress=0.5),
         ResultCommit(job_id=JOB, attempt=1, commitment=H),
+        RevealCall(job_id=JOB, attempt=1),
         ResultReveal(
             job_id=JOB,
             attempt=1,
