@@ -378,6 +378,8 @@ class Node:
             "known_workers": len(self.caps),
             "ads_published": self.ads_published,
             "requests_served": self.negotiator.served,
+            "round_trips_served": self.negotiator.frames_served,
+            "batches_sent": self.negotiator.batches_sent,
             "blobs": self.store.blob_count(),
             "banned_peers": sum(
                 1 for v in self.penalties.snapshot(trio.current_time()).values() if v["banned"]

@@ -54,6 +54,10 @@ FORK_SERVER_IDLE_S = 120.0
 log = logging.getLogger("c0.worker")
 
 
+# How long a worker waits for its client's receipt before it reads the escrow unasked.
+_UNPROMPTED_READ_S = 10.0
+
+
 class Refused(C0Error):
     """A request this worker declines on purpose; the reason goes back as an error frame."""
 
@@ -427,19 +431,22 @@ class WorkerRole:
         chain_now = await escrow.now()
         margin = max(3, (terms.common.commit_deadline - chain_now) // 4)
         wait_s = 0.0 if client_gone else max(0.0, terms.common.commit_deadline - margin - chain_now)
-        # The client's Receipt says when it paid; the chain is read to confirm it, and on a
-        # backoff (1, 2, 4 ... 30 s) in case the receipt is lost. Each read is an eth_call.
+        # The client's Receipt says when it paid; the chain is read to confirm it. Unasked,
+        # it is read only in case the receipt is lost: first after _UNPROMPTED_READ_S (a
+        # client gathers releases for seconds; reads before that found nothing, one or two
+        # eth_calls per job), then on a backoff to 30 s. Each read is an eth_call.
         settled = False
-        delay = 1.0
+        unprompted, recheck = _UNPROMPTED_READ_S, 0.5
         with trio.move_on_after(wait_s):
             while not settled:
                 if job.released.is_set():  # told, but not yet visible on chain: poll
-                    await trio.sleep(min(delay, 2.0))
+                    await trio.sleep(recheck)
+                    recheck = min(recheck * 2, 4.0)
                 else:
-                    with trio.move_on_after(delay):
+                    with trio.move_on_after(unprompted):
                         await job.released.wait()
+                    unprompted = min(unprompted * 2, 30.0)
                 settled = await escrow.status(terms) == STATUS_SETTLED
-                delay = min(delay * 2, 30.0)
         if settled or await escrow.status(terms) == STATUS_SETTLED:
             lc.record_worker(job, "released")
             return

@@ -155,7 +155,8 @@ class Negotiator:
     _idle: defaultdict[str, list[_Conn]] = field(default_factory=lambda: defaultdict(list))
     _slots: dict[str, trio.Semaphore] = field(default_factory=dict)
     _lanes: dict[str, _Lane] = field(default_factory=dict)
-    served: int = 0
+    served: int = 0  # requests answered (each item of a batch counts)
+    frames_served: int = 0  # round trips answered (a batch counts once)
     batches_sent: int = 0  # requests that went as a Batch of several
 
     def on(self, message_type: str, handler: Handler) -> None:
@@ -207,6 +208,7 @@ class Negotiator:
             except trio.BrokenResourceError:
                 break
             self.served += 1
+            self.frames_served += 1
             first = False
         await stream.close()
 
