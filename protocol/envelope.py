@@ -6,6 +6,7 @@ stops at the first failure with a PeerProtocolError whose `reason` names the che
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import OrderedDict
@@ -108,6 +109,7 @@ class ReplayGuard:
             self.floor = max(self.floor, min(expires, now))
 
 
+@functools.lru_cache(maxsize=1024)  # a node seals with one DID and opens a few hundred
 def _protected_header(did: str) -> bytes:
     return codec.encode({_HDR_ALG: ALG_EDDSA, _HDR_KID: did.encode("utf-8")})
 

@@ -208,17 +208,13 @@ class Message:
         """Per-type rules beyond field types; raise InvalidMessage."""
 
     def to_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            body[f.name] = _to_wire(value)
-        return body
+        return {name: _to_wire(getattr(self, name)) for name in _field_names(type(self))}
 
     @classmethod
     def from_body(cls: type[M], body: Any) -> M:
         if not isinstance(body, Mapping):
             _fail(cls.TYPE, "body must be a map")
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = _field_set(cls)
         unknown = set(body) - names
         if unknown:
             _fail(cls.TYPE, f"unknown field(s) {sorted(map(str, unknown))}")
@@ -236,6 +232,24 @@ def _to_wire(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_wire(v) for k, v in value.items()}
     return value
+
+
+_NAMES: dict[type, tuple[str, ...]] = {}
+_NAME_SETS: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type[Message]) -> tuple[str, ...]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    return names
+
+
+def _field_set(cls: type[Message]) -> frozenset[str]:
+    names = _NAME_SETS.get(cls)
+    if names is None:
+        names = _NAME_SETS[cls] = frozenset(_field_names(cls))
+    return names
 
 
 _COERCERS: dict[type, list[tuple[str, str, Coercer]]] = {}

@@ -98,6 +98,8 @@ class ClientRole:
         self.bidding: set[bytes] = set()  # jobs between routing and their escrow's open
         self.waiting: set[bytes] = set()  # of those, the ones waiting for a worker with room
         self.offered: dict[str, int] = {}  # worker DID -> offers out or won, not yet assigned
+        # worker DID -> our attempts there with no result in yet (kept with `active`)
+        self._held: dict[str, int] = {}
         self.records: dict[bytes, dict[str, Any]] = {}  # job id -> the record its task holds
         self.results_root = lc.node.home / "results"
         # Jobs that found no worker with room, oldest first: woken one per slot that one
@@ -235,13 +237,17 @@ class ClientRole:
         data: dict[str, Any],
         machine: JobMachine,
         event: Event,
+        *then: Event,
         **event_fields: Any,
     ) -> None:
-        machine.handle(event)
-        with self.lc.node.store.transaction():  # the new state and its event: one commit
+        """Take `event` (and the events `then`, in order): each transition gets its signed
+        JobEvent; the record is saved once, with them, in one commit."""
+        with self.lc.node.store.transaction():
+            for step in (event, *then):
+                machine.handle(step)
+                attempt = machine.attempt + 1 if step is Event.FUND else machine.attempt
+                self.lc.event(job_id, attempt, str(machine.state), record=data, **event_fields)
             self._save(job_id, data, machine)
-            attempt = machine.attempt + 1 if event is Event.FUND else machine.attempt
-            self.lc.event(job_id, attempt, str(machine.state), record=data, **event_fields)
 
     async def _drive(
         self, job_id: bytes, spec: JobSpec, data: dict[str, Any], machine: JobMachine
@@ -280,18 +286,36 @@ class ClientRole:
                 )
                 self._fail_attempt(job_id, data, machine, attempt, failure)
             finally:
-                if self.active.pop((job_id, attempt.number), None) is not None:
-                    self._free(sum(1 for x in attempt.slots.values() if x.commitment is None))
+                self._deactivate(job_id, attempt)
 
     # ------------------------------------------------------------ routing and funding
     def _ours_in_flight(self) -> dict[str, int]:
         """Per worker DID: this client's attempts there plus its outstanding offers."""
         inflight: dict[str, int] = dict(self.offered)
-        for attempt in self.active.values():
-            for did, slot in attempt.slots.items():
-                if slot.commitment is None:  # a worker counts a job until its result is in
-                    inflight[did] = inflight.get(did, 0) + 1
+        for did, count in self._held.items():
+            inflight[did] = inflight.get(did, 0) + count
         return inflight
+
+    def _activate(self, job_id: bytes, attempt: Attempt) -> None:
+        self.active[(job_id, attempt.number)] = attempt
+        for slot in attempt.slots.values():
+            if slot.commitment is None:  # a worker counts a job until its result is in
+                self._held[slot.did] = self._held.get(slot.did, 0) + 1
+
+    def _result_in(self, slot: WorkerSlot) -> None:
+        """`slot`'s worker no longer counts the job (its commitment is in): neither do we."""
+        held = self._held.get(slot.did, 0) - 1
+        if held > 0:
+            self._held[slot.did] = held
+        else:
+            self._held.pop(slot.did, None)
+        self._free(1)
+
+    def _deactivate(self, job_id: bytes, attempt: Attempt) -> None:
+        if self.active.pop((job_id, attempt.number), None) is not None:
+            for slot in attempt.slots.values():
+                if slot.commitment is None:
+                    self._result_in(slot)  # the attempt is over: its room is free too
 
     def candidates(self, spec: JobSpec) -> list[Candidate]:
         lc = self.lc
@@ -535,7 +559,7 @@ class ClientRole:
         }
         if machine.state is State.REQUESTED:
             self._step(job_id, data, machine, Event.FUND, detail={"escrow_tx": tx.tx})
-        self.active[(job_id, number)] = attempt
+        self._activate(job_id, attempt)
         # Assign: every worker checks the escrow on chain before it accepts.
         refused: list[str] = []
 
@@ -576,8 +600,7 @@ class ClientRole:
                 attempt,
                 AttemptFailed(Event.WORKER_FAILED, "; ".join(refused)[:300]),
             )
-            if self.active.pop((job_id, number), None) is not None:
-                self._free(len(slots))
+            self._deactivate(job_id, attempt)
             return None
         return attempt
 
@@ -597,7 +620,7 @@ class ClientRole:
         for did, raw in info["reveals"].items():
             slots[did].reveal = open_envelope(bytes.fromhex(raw), now=None)
         attempt = Attempt(number, slots, terms_from_json(info["terms"]))
-        self.active[(job_id, number)] = attempt
+        self._activate(job_id, attempt)
         log.info("resumed attempt %s of %s", number, job_id_text(job_id))
         self.lc.event(job_id, number, "resumed", detail={"state": str(machine.state)})
         return attempt
@@ -622,18 +645,18 @@ class ClientRole:
                     "; ".join(f"{x.did[-8:]}: {x.failure}" for x in failed),
                     tuple(x.did for x in failed),
                 )
+            if all(x.reveal is not None for x in slots):
+                if machine.state is State.ASSIGNED:  # running and submitted: one save
+                    self._step(job_id, data, machine, Event.START, Event.SUBMIT)
+                elif machine.state is State.RUNNING:
+                    self._step(job_id, data, machine, Event.SUBMIT)
+                await self._verify(job_id, spec, data, machine, attempt)
+                return
             if machine.state is State.ASSIGNED and any(x.started for x in slots):
                 self._step(job_id, data, machine, Event.START)
             if len(slots) > 1 and not attempt.called and attempt.committed():
                 attempt.called = True
                 self.lc.spawn(self._call_reveals, job_id, attempt)
-            if all(x.reveal is not None for x in slots):
-                if machine.state is State.ASSIGNED:
-                    self._step(job_id, data, machine, Event.START)
-                if machine.state is State.RUNNING:
-                    self._step(job_id, data, machine, Event.SUBMIT)
-                await self._verify(job_id, spec, data, machine, attempt)
-                return
             now = trio.current_time()
             stale = [
                 x
@@ -729,10 +752,12 @@ class ClientRole:
         if slot.commitment is None:
             # The worker no longer counts this job against its capacity once its result is
             # in (job-lifecycle.md), so neither do we. (A re-sent commit frees nothing.)
-            self._free(1)
+            self._result_in(slot)
         slot.commitment = msg.commitment
         slot.started = True
-        self._persist_submission(msg.job_id, msg.attempt, "commits", slot.did, msg.commitment.hex())
+        self._persist_submission(
+            msg.job_id, msg.attempt, slot.did, {"commits": msg.commitment.hex()}
+        )
         self.active[(msg.job_id, msg.attempt)].poke()
         return None
 
@@ -741,6 +766,7 @@ class ClientRole:
         assert isinstance(msg, ResultReveal)
         slot = self._slot(signed, msg.job_id, msg.attempt)
         attempt = self.active[(msg.job_id, msg.attempt)]
+        derived = False
         if slot.commitment is None:
             if len(attempt.slots) != 1:
                 raise PeerProtocolError("protocol_violation", "reveal before commit")
@@ -748,10 +774,8 @@ class ClientRole:
             # for its commit (job-lifecycle.md); the commitment is kept as if it was sent.
             slot.commitment = commit_hash(msg.result_hash, slot.eth, msg.salt)
             slot.started = True
-            self._free(1)  # its result is in: the worker no longer counts the job
-            self._persist_submission(
-                msg.job_id, msg.attempt, "commits", slot.did, slot.commitment.hex()
-            )
+            self._result_in(slot)  # its result is in: the worker no longer counts the job
+            derived = True
         elif not attempt.committed() and not await self._commit_window_over(attempt):
             # Reveals follow once every commit is in (we call for them) or the commit
             # deadline has passed: an earlier one could only come from a worker that did
@@ -768,8 +792,13 @@ class ClientRole:
         if digest != msg.result_hash:
             raise PeerProtocolError("protocol_violation", "result hash does not match manifest")
         slot.reveal = signed
-        self._persist_submission(msg.job_id, msg.attempt, "reveals", slot.did, signed.raw.hex())
-        self.lc.store_evidence(signed)
+        kept = {"reveals": signed.raw.hex()}
+        if derived:  # kept as if it was sent, in the same save
+            assert slot.commitment is not None
+            kept["commits"] = slot.commitment.hex()
+        with self.lc.node.store.transaction():
+            self._persist_submission(msg.job_id, msg.attempt, slot.did, kept)
+            self.lc.store_evidence(signed)
         attempt.poke()
         return None
 
@@ -788,8 +817,9 @@ class ClientRole:
                     )
 
     def _persist_submission(
-        self, job_id: bytes, attempt: int, kind: str, did: str, value: str
+        self, job_id: bytes, attempt: int, did: str, kept: dict[str, str]
     ) -> None:
+        """Keep a worker's submissions (`kept`: kind -> value) in the job's record."""
         # Write into the record the job's task holds, so its next save keeps this too.
         data = self.records.get(job_id)
         if data is not None:
@@ -801,7 +831,8 @@ class ClientRole:
             return
         info = data["attempts"].get(str(attempt))
         if info is not None:
-            info[kind][did] = value
+            for kind, value in kept.items():
+                info[kind][did] = value
             self.lc.store_job(job_id, "client", state, data)
 
     # ------------------------------------------------------------ verification
@@ -865,47 +896,48 @@ class ClientRole:
         passing = [d for d in dids if reports[d]["passed"]]
         failing = [d for d in dids if not reports[d]["passed"]]
         info = data["attempts"][str(attempt.number)]
-        for did in dids:
-            reveal = _reveal(attempt.slots[did])
-            checks = {c["name"]: c["status"] != "fail" for c in reports[did]["checks"]}
-            verdict = Verdict(
-                job_id=job_id,
-                attempt=attempt.number,
-                worker=did,
-                result_hash=reveal.result_hash,
-                passed=all(checks.values()) and did in passing,
-                checks=checks or {"result": False},
-                reason="; ".join(
-                    f"{c['name']}: {c['detail']}"
-                    for c in reports[did]["checks"]
-                    if c["status"] == "fail"
-                )[:500]
-                or "all checks passed",
-            )
-            signed = lc.node.seal(verdict, ttl_ms=86_400_000)
-            lc.store_own_evidence(signed, verdict, lc.node.did)
-            info["verdicts"][did] = {
-                "passed": verdict.passed,
-                "reason": verdict.reason,
-                "result_hash": reveal.result_hash.hex(),
-                "envelope": signed.hex(),
-            }
-            lc.event(
-                job_id,
-                attempt.number,
-                "verdict",
-                worker=did,
-                artifact=reveal.result_hash,
-                detail={"passed": verdict.passed},
-            )
-            lc.add_evidence(
-                did,
-                spec.job_class,
-                "completed" if verdict.passed else "verify_failed",
-                job_id,
-                f"verdict:{attempt.number}",
-                runtime_ms=_runtime_ms(reveal.manifest),
-            )
+        with lc.node.store.transaction():  # every verdict, its event and evidence: one commit
+            for did in dids:
+                reveal = _reveal(attempt.slots[did])
+                checks = {c["name"]: c["status"] != "fail" for c in reports[did]["checks"]}
+                verdict = Verdict(
+                    job_id=job_id,
+                    attempt=attempt.number,
+                    worker=did,
+                    result_hash=reveal.result_hash,
+                    passed=all(checks.values()) and did in passing,
+                    checks=checks or {"result": False},
+                    reason="; ".join(
+                        f"{c['name']}: {c['detail']}"
+                        for c in reports[did]["checks"]
+                        if c["status"] == "fail"
+                    )[:500]
+                    or "all checks passed",
+                )
+                signed = lc.node.seal(verdict, ttl_ms=86_400_000)
+                lc.store_own_evidence(signed, verdict, lc.node.did)
+                info["verdicts"][did] = {
+                    "passed": verdict.passed,
+                    "reason": verdict.reason,
+                    "result_hash": reveal.result_hash.hex(),
+                    "envelope": signed.hex(),
+                }
+                lc.event(
+                    job_id,
+                    attempt.number,
+                    "verdict",
+                    worker=did,
+                    artifact=reveal.result_hash,
+                    detail={"passed": verdict.passed},
+                )
+                lc.add_evidence(
+                    did,
+                    spec.job_class,
+                    "completed" if verdict.passed else "verify_failed",
+                    job_id,
+                    f"verdict:{attempt.number}",
+                    runtime_ms=_runtime_ms(reveal.manifest),
+                )
         if not passing:
             info["outcome"] = {"failed": "no result passed verification", "culprits": failing}
             raise AttemptFailed(Event.VERIFY_FAIL, "no result passed verification", tuple(failing))

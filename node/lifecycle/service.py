@@ -268,8 +268,11 @@ class Lifecycle:
     ) -> None:
         offer = job.offer
         key = offer.job_id
-        rec = self.node.store.get_job(key)
-        data = rec.data if rec is not None and rec.role == "worker" else {}
+        if job.record is None:  # read once; this task is the record's only writer after
+            rec = self.node.store.get_job(key)
+            owns = rec is None or rec.role == "worker"  # not a job this node is client of
+            job.record = (rec.data if rec is not None and owns else {}, owns)
+        data, owns = job.record
         data.update(
             {
                 "job_class": offer.spec.job_class,
@@ -283,7 +286,7 @@ class Lifecycle:
             }
         )
         with self.node.store.transaction():  # the state and its event: one commit
-            if rec is None or rec.role == "worker":
+            if owns:
                 self.store_job(key, "worker", state, data)
             self.event(
                 key,
@@ -293,7 +296,7 @@ class Lifecycle:
                 artifact=artifact_hash,
                 exit_code=exit_code,
                 detail={"phase": state},
-                record=data if rec is None or rec.role == "worker" else rec.data,
+                record=data if owns else None,
             )
 
     def store_evidence(self, signed: SignedMessage) -> None:

@@ -10,7 +10,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -74,6 +74,9 @@ class WorkerJob:
     counted: bool = False  # counts towards WorkerRole.running (settings.capacity)
     touched: float = field(default_factory=time.monotonic)  # offered, or ended
     ended: bool = False
+    # The job's stored record as record_worker last wrote it, and whether it is ours to
+    # write (not when this node is also the job's client): read once, then kept here.
+    record: tuple[dict[str, Any], bool] | None = None
 
 
 class WorkerRole:

@@ -68,7 +68,10 @@ class MemoryTransport:
         self._connected.add(peer_id)
         remote._connected.add(self.peer_id)
         mine, theirs = trio.testing.memory_stream_pair()
-        remote._nursery.start_soon(handler, TrioByteStream(theirs), self.peer_id)
+        try:
+            remote._nursery.start_soon(handler, TrioByteStream(theirs), self.peer_id)
+        except RuntimeError:  # its node is shutting down: the nursery takes no new task
+            raise trio.BrokenResourceError(f"{peer_id} is shutting down") from None
         await trio.lowlevel.checkpoint()
         return TrioByteStream(mine)
 
