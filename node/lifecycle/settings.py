@@ -64,8 +64,11 @@ class LifecycleSettings:
     # A batch waits for jobs on their way to it (still bidding / not yet verified), this
     # long; a lone job never waits. An open holds up execution, a release only payment, so
     # releases wait longer: in a 150-job burst, 1 s gave 8-16 releases (~20,000 gas per
-    # job for its share), 5 s gives 3-4 (~15,600). See bench/README.md, lifecycle.
-    open_max_wait_s: float = 0.5
+    # job for its share), 5 s gives 3-4 (~15,600). See bench/README.md, lifecycle. An
+    # open waits about one bidding round (an offer and its bid take ~50-100 ms on a busy
+    # host): while it waits, the winners' room at their workers stands idle. 0.5 s gave
+    # a 150-job burst 35-41 jobs/s in the harness where 0.15 s gave 40-49, run for run.
+    open_max_wait_s: float = 0.15
     release_max_wait_s: float = 5.0
     default_deadline_s: int = 300
     arbiter: str = ""  # Ethereum address named in the terms; default: the chain file's
