@@ -45,6 +45,12 @@ class Chain:
             return self.rpc.eth_call(to, data)
         return bytes(self.w3.eth.call({"to": to, "data": data}))  # type: ignore[typeddict-item]
 
+    def eth_call_many(self, to: str, datas: list[str]) -> list[bytes]:
+        """`eth_call` of each calldata: one JSON-RPC batch, or one call each in process."""
+        if self.rpc is not None:
+            return self.rpc.eth_call_many(to, datas)
+        return [self.eth_call(to, d) for d in datas]
+
     def dev_account(self, index: int) -> LocalAccount:
         if index >= len(self.dev_keys):
             raise UserError(f"{self.kind} chain {self.chain_id} has no funded dev account {index}")

@@ -122,6 +122,17 @@ class EscrowClient:
         selector, _ = self._functions["job_status"]
         return self._read_uint("0x" + (selector + S.job_args_encoding(terms)).hex())
 
+    def job_statuses(self, batch: list[EscrowTerms]) -> list[int]:
+        """`job_status` of each terms, read in one batch."""
+        selector, _ = self._functions["job_status"]
+        located = [t for t in batch if t.ref is not None]
+        datas = ["0x" + (selector + S.job_args_encoding(t)).hex() for t in located]
+        words = iter(self.chain.eth_call_many(self.address, datas))
+        return [
+            S.STATUS_UNKNOWN if t.ref is None else int(abi_decode(["uint256"], next(words))[0])
+            for t in batch
+        ]
+
     def status(self, seq: int) -> int:
         """STATUS_* of the escrow numbered `seq`."""
         return self._view_uint("status", seq)

@@ -70,6 +70,36 @@ class JsonRpc:
         body = json.dumps(
             {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         ).encode()
+        return _result(self._post(body), self.url)
+
+    def call_many(self, calls: list[tuple[str, list[Any]]]) -> list[Any | RpcError]:
+        """Several calls in one JSON-RPC batch (one HTTP round trip); each result in the
+        calls' order, or the RpcError its call got. A reply that does not answer every
+        call raises RpcError."""
+        if not calls:
+            return []
+        ids = [next(self._ids) for _ in calls]
+        body = json.dumps(
+            [
+                {"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+                for i, (method, params) in zip(ids, calls, strict=True)
+            ]
+        ).encode()
+        replies = self._post(body)
+        if not isinstance(replies, list):
+            raise RpcError(f"not a JSON-RPC batch reply from {self.url}")
+        by_id = {r.get("id"): r for r in replies if isinstance(r, dict)}
+        if set(by_id) != set(ids):
+            raise RpcError(f"the batch reply from {self.url} does not answer every call")
+        out: list[Any | RpcError] = []
+        for i in ids:
+            try:
+                out.append(_result(by_id[i], self.url))
+            except RpcError as exc:
+                out.append(exc)
+        return out
+
+    def _post(self, body: bytes) -> Any:
         for attempt in range(2):  # a kept-alive connection the server closed: one redo
             conn = self._connection()
             try:
@@ -86,26 +116,42 @@ class JsonRpc:
                 raise RpcError(f"HTTP {response.status} from {self.url}")
             break
         try:
-            reply = json.loads(raw)
+            return json.loads(raw)
         except ValueError:
             raise RpcError(f"not JSON from {self.url}") from None
-        if not isinstance(reply, dict):
-            raise RpcError(f"not a JSON-RPC reply from {self.url}")
-        error = reply.get("error")
-        if error is not None:
-            if isinstance(error, dict):
-                raise RpcError(str(error.get("message")), error.get("code"), error.get("data"))
-            raise RpcError(str(error))
-        return reply.get("result")
 
     def eth_call(self, to: str, data: str, block: str = "latest") -> bytes:
-        result = self.call("eth_call", [{"to": to, "data": data}, block])
-        if not isinstance(result, str) or not result.startswith("0x"):
-            raise RpcError(f"eth_call returned {result!r}")
-        return bytes.fromhex(result[2:])
+        return _call_bytes(self.call("eth_call", [{"to": to, "data": data}, block]))
+
+    def eth_call_many(self, to: str, datas: list[str], block: str = "latest") -> list[bytes]:
+        """`eth_call` of each calldata in one batch; the first failed call raises."""
+        results = self.call_many([("eth_call", [{"to": to, "data": d}, block]) for d in datas])
+        out = []
+        for result in results:
+            if isinstance(result, RpcError):
+                raise result
+            out.append(_call_bytes(result))
+        return out
 
     def latest_timestamp(self) -> int:
         block = self.call("eth_getBlockByNumber", ["latest", False])
         if not isinstance(block, dict) or not isinstance(block.get("timestamp"), str):
             raise RpcError(f"eth_getBlockByNumber returned {block!r}")
         return int(block["timestamp"], 16)
+
+
+def _result(reply: Any, url: str) -> Any:
+    if not isinstance(reply, dict):
+        raise RpcError(f"not a JSON-RPC reply from {url}")
+    error = reply.get("error")
+    if error is not None:
+        if isinstance(error, dict):
+            raise RpcError(str(error.get("message")), error.get("code"), error.get("data"))
+        raise RpcError(str(error))
+    return reply.get("result")
+
+
+def _call_bytes(result: Any) -> bytes:
+    if not isinstance(result, str) or not result.startswith("0x"):
+        raise RpcError(f"eth_call returned {result!r}")
+    return bytes.fromhex(result[2:])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
@@ -79,6 +80,17 @@ def terms_from_json(obj: Any) -> EscrowTerms:
     return EscrowTerms(bytes.fromhex(obj["job_id"]), common, assignments, ref)
 
 
+_MAX_STATUS_BATCH = 64
+
+
+@dataclass
+class _StatusRead:
+    terms: EscrowTerms
+    done: trio.Event = field(default_factory=trio.Event)
+    status: int = 0
+    error: Exception | None = None
+
+
 class AsyncEscrow:
     """EscrowClient calls off the trio thread, one at a time per node (one nonce sequence)."""
 
@@ -92,6 +104,8 @@ class AsyncEscrow:
         self._readers = trio.CapacityLimiter(4)
         self._latest: tuple[float, int] = (-1e9, 0)  # (when read, latest block time)
         self._free_floor: int | None = None  # the free balance, as far as this node knows
+        self._status_queue: list[_StatusRead] = []
+        self._status_reading = False
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
@@ -128,8 +142,44 @@ class AsyncEscrow:
         return await self.call(sign_and_release)
 
     async def status(self, terms: EscrowTerms) -> int:
-        """STATUS_* of the escrow holding `terms` (STATUS_UNKNOWN if none holds them)."""
-        return await self.read(self.client.job_status, terms)
+        """STATUS_* of the escrow holding `terms` (STATUS_UNKNOWN if none holds them).
+
+        Over JSON-RPC, the reads asked for while one is on its way go together in one
+        batch (one thread hop, one HTTP round trip): a worker handed a batch of
+        assignments, or the receipts of one release, checks them all at once."""
+        if self.client.chain.kind == "embedded":
+            return await self.read(self.client.job_status, terms)
+        waiting = _StatusRead(terms)
+        self._status_queue.append(waiting)
+        if not self._status_reading:
+            self._status_reading = True
+            try:
+                # Shielded: the others in the batch wait on this task's read, whatever
+                # becomes of its own caller (each read is bounded by the RPC timeout).
+                with trio.CancelScope(shield=True):
+                    await trio.lowlevel.checkpoint()  # let the callers of this turn join
+                    while self._status_queue:
+                        batch = self._status_queue[:_MAX_STATUS_BATCH]
+                        del self._status_queue[:_MAX_STATUS_BATCH]
+                        await self._read_statuses(batch)
+            finally:
+                self._status_reading = False
+        await waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting.status
+
+    async def _read_statuses(self, batch: list[_StatusRead]) -> None:
+        try:
+            statuses = await self.read(self.client.job_statuses, [w.terms for w in batch])
+            for w, status in zip(batch, statuses, strict=True):
+                w.status = status
+        except Exception as exc:  # each caller gets the failure of the read it was in
+            for w in batch:
+                w.error = exc
+        finally:
+            for w in batch:
+                w.done.set()
 
     async def ensure_deposit(self, needed: int, top_up_to: int = 0) -> None:
         """Make the free balance cover `needed`; when it must deposit, it tops up to

@@ -113,3 +113,64 @@ def test_credentials_in_the_url_are_sent(garbage_server: str) -> None:
     assert JsonRpc(authed).call("eth_chainId", []) == "0x1"
     with pytest.raises(RpcError, match="HTTP 401"):
         JsonRpc(garbage_server + "/auth").call("eth_chainId", [])
+
+
+def test_a_batch_answers_each_call_in_its_place(anvil_url: str, rpc: JsonRpc) -> None:
+    chain = rpc_chain(anvil_url)
+    chain_id, refused, height = rpc.call_many(
+        [("eth_chainId", []), ("eth_noSuchMethod", []), ("eth_blockNumber", [])]
+    )
+    assert int(chain_id, 16) == chain.chain_id
+    assert isinstance(refused, RpcError)
+    assert refused.code is not None
+    assert int(height, 16) == chain.w3.eth.block_number
+    assert rpc.call_many([]) == []
+
+
+@pytest.mark.parametrize("chain", [pytest.param("anvil", marks=pytest.mark.anvil)], indirect=True)
+def test_escrow_statuses_read_in_one_batch_match_one_by_one(parties: Parties) -> None:
+    """`job_statuses` (one JSON-RPC batch) gives what `job_status` gives for each terms,
+    unopened and mislocated ones included; AsyncEscrow.status folds the reads asked for
+    at once into one such batch."""
+    import dataclasses
+    import hashlib
+    import os
+
+    import trio
+
+    from node.lifecycle.escrow import AsyncEscrow
+    from protocol import settlement as S
+
+    p = parties
+    batch = [p.terms(hashlib.sha256(os.urandom(16)).digest(), workers=1, lock=0) for _ in range(3)]
+    opened = list(p.client.open(batch).opened)
+    swapped = dataclasses.replace(opened[0], ref=opened[1].ref)
+    unopened = p.terms(hashlib.sha256(os.urandom(16)).digest())
+    asked = [*opened, swapped, unopened]
+    one_by_one = [p.client.job_status(t) for t in asked]
+    assert one_by_one == [S.STATUS_OPEN] * 3 + [S.STATUS_UNKNOWN] * 2
+    assert p.client.job_statuses(asked) == one_by_one
+
+    batches: list[int] = []
+    real = p.client.job_statuses
+
+    def counted(terms: list[S.EscrowTerms]) -> list[int]:
+        batches.append(len(terms))
+        return real(terms)
+
+    p.client.job_statuses = counted  # type: ignore[method-assign]
+    escrow = AsyncEscrow(p.client)
+    got: dict[int, int] = {}
+
+    async def main() -> None:
+        async def one(i: int) -> None:
+            got[i] = await escrow.status(asked[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(asked)):
+                nursery.start_soon(one, i)
+        assert await escrow.status(opened[2]) == S.STATUS_OPEN  # alone: a batch of one
+
+    trio.run(main)
+    assert [got[i] for i in range(len(asked))] == one_by_one
+    assert batches == [len(asked), 1]
