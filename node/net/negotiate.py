@@ -203,12 +203,12 @@ class Negotiator:
             except C0Error as exc:  # the handler refused the request on purpose
                 await _send_quietly(stream, error_frame(exc.code, exc.message))
                 break
+            self.served += 1  # handled (counted before the write: the reply may land
+            self.frames_served += 1  # before this task runs again)
             try:
                 await stream.write(reply)
             except trio.BrokenResourceError:
                 break
-            self.served += 1
-            self.frames_served += 1
             first = False
         await stream.close()
 
