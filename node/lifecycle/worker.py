@@ -195,9 +195,7 @@ class WorkerRole:
     async def on_assignment(self, signed: SignedMessage, peer: str) -> Message:
         a = signed.message
         assert isinstance(a, Assignment)
-        job = self.jobs.get((a.job_id, a.attempt))
-        if job is None or signed.sender != job.offer.spec.client:
-            raise Refused("no offer of this client for this job and attempt", code="unknown_job")
+        job = self._clients_job(signed, a.job_id, a.attempt)
         if a.worker != self.lc.node.did:
             raise Refused("the assignment names another worker", code="wrong_worker")
         try:
@@ -236,11 +234,15 @@ class WorkerRole:
     async def on_reveal_call(self, signed: SignedMessage, peer: str) -> None:
         call = signed.message
         assert isinstance(call, RevealCall)
-        job = self.jobs.get((call.job_id, call.attempt))
-        if job is None or signed.sender != job.offer.spec.client:
-            raise C0Error("no such job or attempt here", code="unknown_job")
-        job.reveal_called.set()
+        self._clients_job(signed, call.job_id, call.attempt).reveal_called.set()
         return None
+
+    def _clients_job(self, signed: SignedMessage, job_id: bytes, attempt: int) -> WorkerJob:
+        """The job of this attempt, if `signed` comes from its client (else Refused)."""
+        job = self.jobs.get((job_id, attempt))
+        if job is None or signed.sender != job.offer.spec.client:
+            raise Refused("no offer of this client for this job and attempt", code="unknown_job")
+        return job
 
     # ------------------------------------------------------------ execution
     async def _run(self, job: WorkerJob) -> None:
