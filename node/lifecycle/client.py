@@ -52,6 +52,9 @@ _NO_WORKER_POLL_S = 1.0
 # second must end before it (an offer whose commit deadline follows its deadline is
 # invalid), so with less left the job gives up instead of starting one.
 _MIN_ATTEMPT_MS = 2000
+# K > 1: the reveal call goes again this often while a called worker has not revealed
+# (a lost call would otherwise leave the attempt waiting for its deadline).
+_RECALL_S = 5.0
 
 
 @dataclass
@@ -73,7 +76,7 @@ class Attempt:
     slots: dict[str, WorkerSlot]  # by DID
     terms: EscrowTerms
     changed: trio.Event = field(default_factory=trio.Event)
-    called: bool = False  # K > 1: the reveal call has gone out (not kept over a restart)
+    called_at: float | None = None  # K > 1: when the reveal call last went out (trio time)
 
     def committed(self) -> bool:
         return all(x.commitment is not None for x in self.slots.values())
@@ -654,10 +657,14 @@ class ClientRole:
                 return
             if machine.state is State.ASSIGNED and any(x.started for x in slots):
                 self._step(job_id, data, machine, Event.START)
-            if len(slots) > 1 and not attempt.called and attempt.committed():
-                attempt.called = True
-                self.lc.spawn(self._call_reveals, job_id, attempt)
             now = trio.current_time()
+            if (
+                len(slots) > 1
+                and attempt.committed()
+                and (attempt.called_at is None or now - attempt.called_at >= _RECALL_S)
+            ):  # called once every commit is in, and again while a reveal is missing
+                attempt.called_at = now
+                self.lc.spawn(self._call_reveals, job_id, attempt)
             stale = [
                 x
                 for x in slots

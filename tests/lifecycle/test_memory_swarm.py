@@ -475,6 +475,27 @@ async def test_workers_reveal_only_once_every_commit_is_in(tmp_path: Path) -> No
         info = client.node.store.get_job(job_id).data["attempts"]["1"]
         assert len(info["commits"]) == len(info["reveals"]) == 2
 
+        # A lost call is made again: the first one each worker gets is refused as if it
+        # never arrived; the job still settles, well before its deadline.
+        from node.lifecycle.worker import Refused
+
+        calls: list[str] = []
+        for i in (1, 2):
+            handlers = swarm.lc(i).node.negotiator.handlers
+            real = handlers["reveal_call"]
+
+            async def lossy(signed, peer, real=real, i=i):  # type: ignore[no-untyped-def]
+                calls.append(f"w{i}")
+                if calls.count(f"w{i}") == 1:
+                    raise Refused("lost", code="unknown_job")  # not retried by the sender
+                return await real(signed, peer)
+
+            handlers["reveal_call"] = lossy
+        again = submit_noop(client, {"payload": "pair again"}, redundancy=2)
+        assert await wait_state(client, again, {"settled", "refunded", "cancelled"}) == "settled"
+        assert calls.count("w1") >= 2  # the refused call, then the one made again
+        assert calls.count("w2") >= 2
+
 
 async def test_spare_offers_come_only_from_room_our_other_jobs_do_not_need(
     tmp_path: Path,
