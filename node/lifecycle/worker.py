@@ -58,6 +58,13 @@ log = logging.getLogger("c0.worker")
 _UNPROMPTED_READ_S = 10.0
 
 
+def _until_last_quarter(terms: EscrowTerms, chain_now: int) -> float:
+    """Seconds until the last quarter (at least 3 s) of the commit window begins: how long
+    a worker waits off chain (for the reveal call, for payment) before it goes on chain."""
+    left = terms.common.commit_deadline - chain_now
+    return float(max(0, left - max(3, left // 4)))
+
+
 class Refused(C0Error):
     """A request this worker declines on purpose; the reason goes back as an error frame."""
 
@@ -378,8 +385,7 @@ class WorkerRole:
         # after that, the chain is the only way to be paid.
         assert lc.escrow is not None
         chain_now = await lc.escrow.now()
-        commit_deadline = job.terms.common.commit_deadline
-        window = max(2.0, (commit_deadline - chain_now) / 4)
+        window = max(2.0, (job.terms.common.commit_deadline - chain_now) / 4)
         # A lone worker (redundancy 1) has no peer to copy from, nor to be copied by: its
         # reveal carries the commitment (the client derives it), one message instead of
         # two. With K > 1 a worker commits, then reveals only when the client calls for
@@ -394,8 +400,7 @@ class WorkerRole:
             )
         if delivered and not solo:
             self._uncount(job)  # its result is in (committed): bid while the others commit
-            margin = max(3, (commit_deadline - chain_now) // 4)
-            with trio.move_on_after(max(0.0, commit_deadline - margin - chain_now)):
+            with trio.move_on_after(_until_last_quarter(job.terms, chain_now)):
                 await job.reveal_called.wait()
             called = job.reveal_called.is_set()
         if called:
@@ -434,8 +439,7 @@ class WorkerRole:
         assert lc.escrow is not None
         escrow = lc.escrow
         chain_now = await escrow.now()
-        margin = max(3, (terms.common.commit_deadline - chain_now) // 4)
-        wait_s = 0.0 if client_gone else max(0.0, terms.common.commit_deadline - margin - chain_now)
+        wait_s = 0.0 if client_gone else _until_last_quarter(terms, chain_now)
         # The client's Receipt says when it paid; the chain is read to confirm it. Unasked,
         # it is read only in case the receipt is lost: first after _UNPROMPTED_READ_S (a
         # client gathers releases for seconds; reads before that found nothing, one or two
