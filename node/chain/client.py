@@ -9,6 +9,7 @@ same hash).
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import threading
 import time
@@ -17,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
 from eth_utils.abi import function_abi_to_4byte_selector, get_abi_input_types
 from eth_utils.address import to_checksum_address
@@ -28,7 +28,9 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCErro
 from node.chain.artifact import escrow_artifact
 from node.chain.backends import Chain
 from node.chain.events import decode_logs, job_events
+from node.chain.rpc import RpcError
 from protocol import settlement as S
+from protocol.abi import encode as abi_encode
 from protocol.settlement import EscrowTerms, SettlementError
 
 GAS_MARGIN = 1.2
@@ -305,6 +307,8 @@ class _Sender:
         self.retries = retries
         self.confirmations = confirmations
         self.receipt: Any = None  # the last transaction's receipt
+        # JSON-RPC chains: transactions go over the lean client too (node/chain/rpc.py)
+        self.rpc = chain.rpc
 
     def transact(self, *, to: str | None, data: str | bytes, value: int) -> TxResult:
         tx: dict[str, Any] = {
@@ -315,11 +319,15 @@ class _Sender:
         }
         if to is not None:
             tx["to"] = to
-        latest = self.w3.eth.get_block("latest")  # one read for the gas limit and the fees
-        tx["gas"] = self._estimate(tx, int(latest["gasLimit"]))
-        tx.update(self._fees(latest))
-        if self.nonce is None:
-            self.nonce = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
+        if self.rpc is not None:
+            self._prepare_rpc(tx)
+        else:
+            latest = self.w3.eth.get_block("latest")  # one read for the gas limit and fees
+            tx["gas"] = self._estimate(tx, int(latest["gasLimit"]))
+            tx.update(self._fees(latest))
+            if self.nonce is None:
+                self.nonce = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
+        assert self.nonce is not None
         tx["nonce"] = self.nonce
         del tx["from"]
         signed = self.account.sign_transaction(tx)
@@ -338,6 +346,67 @@ class _Sender:
             gas_used=int(receipt["gasUsed"]),
             contract_address=str(address) if address else None,
         )
+
+    def _prepare_rpc(self, tx: dict[str, Any]) -> None:
+        """Gas, fees and (if not yet known) the nonce of `tx`, from one JSON-RPC batch: the
+        latest block, the estimate in the pending block, the pending nonce and the
+        suggested tip. web3 made these four reads (and the receipt polls) the dearest part
+        of a client's batch transaction: ~2 ms of CPU each, ~0.2 ms here."""
+        assert self.rpc is not None
+        data = "0x" + bytes(tx["data"]).hex()
+        call = {"from": tx["from"], "data": data, "value": hex(tx["value"])}
+        if "to" in tx:
+            call["to"] = tx["to"]
+        calls: list[tuple[str, list[Any]]] = [
+            ("eth_getBlockByNumber", ["latest", False]),
+            ("eth_estimateGas", [call, "pending"]),  # why pending: see _estimate
+        ]
+        if self.nonce is None:
+            calls.append(("eth_getTransactionCount", [tx["from"], "pending"]))
+        tip = _cached_tip(self.chain)
+        if tip is None:
+            calls.append(("eth_maxPriorityFeePerGas", []))
+        try:
+            replies = self._rpc(lambda: self._batch(calls))
+        except (RpcError, OSError, http.client.HTTPException) as exc:
+            raise SettlementError("chain unreachable", str(exc)) from exc
+        block, estimate = replies[0], replies[1]
+        if isinstance(estimate, RpcError):
+            reason = revert_reason(estimate)
+            if reason is None:
+                raise SettlementError("transaction rejected", str(estimate))
+            raise SettlementError(reason)
+        if isinstance(block, RpcError) or not isinstance(block, dict):
+            raise SettlementError("chain unreachable", f"latest block: {block}")
+        extra = replies[2:]
+        if self.nonce is None:
+            nonce, extra = extra[0], extra[1:]
+            if isinstance(nonce, RpcError):
+                raise SettlementError("chain unreachable", f"nonce: {nonce}")
+            self.nonce = int(nonce, 16)
+        if tip is None:
+            asked = extra[0]
+            # not every node implements eth_maxPriorityFeePerGas
+            tip = PRIORITY_FEE if isinstance(asked, RpcError) else int(asked, 16)
+            _TIPS[id(self.chain)] = (time.monotonic(), tip)
+        tx["gas"] = min(int(int(estimate, 16) * GAS_MARGIN) + GAS_EXTRA, int(block["gasLimit"], 16))
+        base = block.get("baseFeePerGas")
+        if base is None:
+            try:
+                tx["gasPrice"] = int(self._rpc(lambda: self._one("eth_gasPrice", [])), 16)
+            except (RpcError, OSError, http.client.HTTPException) as exc:
+                raise SettlementError("chain unreachable", str(exc)) from exc
+        else:
+            tx["maxFeePerGas"] = 2 * int(base, 16) + tip
+            tx["maxPriorityFeePerGas"] = tip
+
+    def _batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        assert self.rpc is not None
+        return self.rpc.call_many(calls)
+
+    def _one(self, method: str, params: list[Any]) -> Any:
+        assert self.rpc is not None
+        return self.rpc.call(method, params)
 
     def _estimate(self, tx: dict[str, Any], limit: int) -> int:
         # Estimate in the pending block, the one the transaction joins: by default an RPC
@@ -365,9 +434,9 @@ class _Sender:
     def _tip(self) -> int:
         """The node's suggested priority fee, asked once a minute per chain (it moves slowly)."""
         now = time.monotonic()
-        cached = _TIPS.get(id(self.chain))
-        if cached is not None and now - cached[0] < TIP_TTL_S:
-            return cached[1]
+        cached = _cached_tip(self.chain)
+        if cached is not None:
+            return cached
         try:
             tip = int(self.w3.eth.max_priority_fee)
         except Exception:  # not every node implements eth_maxPriorityFeePerGas
@@ -376,6 +445,8 @@ class _Sender:
         return tip
 
     def _known(self, tx_hash: str) -> bool:
+        if self.rpc is not None:
+            return self._one("eth_getTransactionByHash", [tx_hash]) is not None
         try:
             self.w3.eth.get_transaction(HexBytes(tx_hash))
         except TransactionNotFound:
@@ -387,7 +458,10 @@ class _Sender:
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
-                self.w3.eth.send_raw_transaction(raw)
+                if self.rpc is not None:
+                    self._one("eth_sendRawTransaction", ["0x" + raw.hex()])
+                else:
+                    self.w3.eth.send_raw_transaction(raw)
                 return
             except Exception as exc:
                 text = str(exc).lower()
@@ -397,7 +471,7 @@ class _Sender:
                 if reason is not None:
                     self.nonce = None  # not accepted: the nonce is still free
                     raise SettlementError(reason) from exc
-                if isinstance(exc, Web3RPCError) and not _transient(exc):
+                if isinstance(exc, Web3RPCError | RpcError) and not _transient(exc):
                     self.nonce = None
                     raise SettlementError("transaction rejected", str(exc)) from exc
                 last = exc
@@ -418,10 +492,11 @@ class _Sender:
         poll = 0.01
         while True:
             try:
-                receipt = self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-                if self.confirmations == 1:  # a receipt means it is in a block
-                    return receipt
-                if self.w3.eth.block_number >= receipt["blockNumber"] + self.confirmations - 1:
+                receipt = self._receipt(tx_hash)  # None: not mined yet
+                if receipt is not None and (
+                    self.confirmations == 1  # a receipt means it is in a block
+                    or self._block_number() >= receipt["blockNumber"] + self.confirmations - 1
+                ):
                     return receipt
             except TransactionNotFound:
                 pass
@@ -432,6 +507,18 @@ class _Sender:
                 raise SettlementError("transaction not confirmed in time", tx_hash)
             time.sleep(poll)
             poll = min(poll * 2, 0.5)
+
+    def _receipt(self, tx_hash: str) -> Any:
+        """The transaction's receipt, or None while it is not mined."""
+        if self.rpc is not None:
+            raw = self._one("eth_getTransactionReceipt", [tx_hash])
+            return None if raw is None else _receipt_from_rpc(raw)
+        return self.w3.eth.get_transaction_receipt(HexBytes(tx_hash))
+
+    def _block_number(self) -> int:
+        if self.rpc is not None:
+            return int(self._one("eth_blockNumber", []), 16)
+        return int(self.w3.eth.block_number)
 
     def _replay_reason(self, tx: dict[str, Any], receipt: Any) -> str:
         call = {k: v for k, v in tx.items() if k in ("to", "data", "value")}
@@ -452,10 +539,29 @@ class _Sender:
             except Exception as exc:
                 if revert_reason(exc) is not None or attempt == self.retries:
                     raise
-                if isinstance(exc, Web3RPCError) and not _transient(exc):
+                if isinstance(exc, Web3RPCError | RpcError) and not _transient(exc):
                     raise
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         raise AssertionError("unreachable")
+
+
+def _cached_tip(chain: Chain) -> int | None:
+    cached = _TIPS.get(id(chain))
+    if cached is not None and time.monotonic() - cached[0] < TIP_TTL_S:
+        return cached[1]
+    return None
+
+
+def _receipt_from_rpc(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw JSON-RPC receipt with the fields the sender reads as web3 types them."""
+    address = raw.get("contractAddress")
+    return {
+        **raw,
+        "status": int(raw["status"], 16),
+        "blockNumber": int(raw["blockNumber"], 16),
+        "gasUsed": int(raw["gasUsed"], 16),
+        "contractAddress": to_checksum_address(address) if address else None,
+    }
 
 
 def _functions(abi: list[dict[str, Any]]) -> dict[str, tuple[bytes, list[str]]]:

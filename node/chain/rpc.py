@@ -4,8 +4,10 @@ web3's request path (middleware onion, request formatters, `requests` and urllib
 formatters; a whole block formatted to read its timestamp) cost a worker more CPU per job
 than anything else it did: one escrow-status read before it accepts an assignment and
 one or more while it waits to be paid. These reads go over `http.client` instead, one
-kept-alive connection per thread, and return raw results. Transactions still go through
-web3 (they are rarer: one per batch, and they need its signing and error decoding).
+kept-alive connection per thread, and return raw results. A client's batch transactions
+(open, release) go over it too (node/chain/client.py `_Sender`: gas, fees and nonce in
+one batch, the raw transaction, the receipt polls); web3 is left for the embedded chain,
+the constructor data of a deployment and log queries.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from typing import Any
 
 import pytest
 
@@ -173,23 +174,39 @@ def test_events_of_a_job_can_be_read_back(parties: Parties) -> None:
 def test_a_lost_rpc_answer_does_not_send_a_payment_twice(parties: Parties) -> None:
     """The node forwards the transaction, then the answer is lost; the client retries."""
     p = parties
-    w3 = p.chain.w3
-    real_send = w3.eth.send_raw_transaction
     calls: list[bytes] = []
+    rpc = p.chain.rpc
+    if rpc is None:  # the embedded chain: transactions go through web3
+        w3 = p.chain.w3
+        real_send = w3.eth.send_raw_transaction
 
-    def lossy_send(raw: bytes) -> object:
-        calls.append(bytes(raw))
-        result = real_send(raw)
-        if len(calls) == 1:
-            raise ConnectionError("connection reset by peer")  # the chain got it; we did not hear
-        return result
+        def lossy_send(raw: bytes) -> object:
+            calls.append(bytes(raw))
+            result = real_send(raw)
+            if len(calls) == 1:
+                raise ConnectionError("connection reset by peer")  # the chain got it
+            return result
 
-    w3.eth.send_raw_transaction = lossy_send  # type: ignore[method-assign]
+        w3.eth.send_raw_transaction = lossy_send  # type: ignore[method-assign]
+        restore = lambda: setattr(w3.eth, "send_raw_transaction", real_send)  # noqa: E731
+    else:  # JSON-RPC: transactions go over the lean client
+        real_call = rpc.call
+
+        def lossy_call(method: str, params: list[Any]) -> Any:
+            result = real_call(method, params)
+            if method == "eth_sendRawTransaction":
+                calls.append(bytes.fromhex(params[0][2:]))
+                if len(calls) == 1:
+                    raise ConnectionResetError("connection reset by peer")  # the chain got it
+            return result
+
+        rpc.call = lossy_call  # type: ignore[method-assign]
+        restore = lambda: setattr(rpc, "call", real_call)  # noqa: E731
     try:
         before = p.client.balance()
         res = p.client.deposit(12345)
     finally:
-        w3.eth.send_raw_transaction = real_send  # type: ignore[method-assign]
+        restore()
     assert len(calls) == 1  # it looked the hash up and saw the transaction: no second send
     assert p.client.balance() == before + 12345
     # the nonce sequence is intact: the next transaction goes through
