@@ -204,3 +204,37 @@ async def test_a_blob_already_held_is_not_synced_again(
     assert await blobs.put_file_async(src) == digest
     assert synced == []
     assert list(blobs.partial_dir.iterdir()) == []
+
+
+def test_checkpoints_run_off_the_committing_thread(tmp_path: Path) -> None:
+    """Commits never checkpoint at SQLite's default 1,000-page mark: the store's own thread
+    copies the WAL into the database file (a node's event loop is not held by it)."""
+    path = tmp_path / "node.db"
+    store = Store(path)
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000
+    before = path.stat().st_size
+    rounds = store.checkpointer.rounds
+    blob = "x" * 3000
+    with store.transaction() as db:  # ~1,500 pages into the WAL in one commit
+        for i in range(2000):
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"k{i}", blob))
+    assert path.stat().st_size == before  # committed: in the WAL, not yet in the file
+    # bounded: a round every CHECKPOINT_EVERY_S; two rounds, so one started after the commit
+    assert store.checkpointer.wait_rounds(rounds + 1, timeout=30.0)
+    assert path.stat().st_size > before + 2000 * 3000
+    store.close()
+    assert not store.checkpointer.alive
+    reopened = Store(path)
+    assert reopened.get_meta("k1999") == blob
+    reopened.close()
+
+
+def test_a_store_never_closed_stops_its_checkpointer(tmp_path: Path) -> None:
+    import gc
+
+    store = Store(tmp_path / "node.db")
+    checkpointer = store.checkpointer
+    del store
+    gc.collect()
+    checkpointer.stop()  # already signalled by the finaliser; joins the thread
+    assert not checkpointer.alive
