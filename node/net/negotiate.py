@@ -201,6 +201,8 @@ class Negotiator:
                 await _send_quietly(stream, error_frame(exc.reason, exc.detail))
                 break
             except C0Error as exc:  # the handler refused the request on purpose
+                self.served += 1  # answered, as a refused item of a batch is
+                self.frames_served += 1
                 await _send_quietly(stream, error_frame(exc.code, exc.message))
                 break
             self.served += 1  # handled (counted before the write: the reply may land
