@@ -207,8 +207,9 @@ class ClientRole:
             "tried": [],
             "submitted_ms": now_ms(),
         }
-        lc.store_job(job_id, "client", State.REQUESTED, data)
-        lc.event(job_id, 0, "requested", detail={"job_class": spec.job_class})
+        with lc.node.store.transaction():  # the record and its first event: one commit
+            lc.store_job(job_id, "client", State.REQUESTED, data)
+            lc.event(job_id, 0, "requested", detail={"job_class": spec.job_class}, record=data)
         lc.spawn(self.drive, job_id)
         return spec.job_id_text
 
@@ -459,8 +460,9 @@ class ClientRole:
             if isinstance(msg, Bid) and msg.job_id == job_id and msg.attempt == number:
                 if msg.price <= max_price:
                     bids.append((msg.price, rank, did, msg, peer))
-                    lc.event(job_id, number, "bid", worker=did, detail={"price": msg.price})
-                    lc.store_evidence(reply)
+                    with lc.node.store.transaction():  # the event and its evidence: one commit
+                        lc.event(job_id, number, "bid", worker=did, detail={"price": msg.price})
+                        lc.store_evidence(reply)
             elif isinstance(msg, Decline):
                 lc.event(job_id, number, "declined", worker=did, detail={"reason": msg.reason})
 
