@@ -165,10 +165,14 @@ class Arbitration:
         template = template_of(spec)
         passed_eth: set[str] = set()
         for did, reveal in reveals.items():
-            folder = await materialize(lc.node.blobs, peer, reveal.manifest, work / did[-16:])
-            report = await trio.to_thread.run_sync(
-                lambda f=folder: verify_result(template, f, inputs=inputs)
+            _, report = await materialize(
+                lc.node.blobs,
+                peer,
+                reveal.manifest,
+                work / did[-16:],
+                lambda f: verify_result(template, f, inputs=inputs),
             )
+            assert report is not None
             if report.passed and did in eth_of:
                 passed_eth.add(eth_of[did])
         worker_pay = [a.payout if a.worker.lower() in passed_eth else 0 for a in terms.assignments]

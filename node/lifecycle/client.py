@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -845,11 +846,17 @@ class ClientRole:
             self.lc.store_job(job_id, "client", state, data)
 
     # ------------------------------------------------------------ verification
-    async def _materialize(self, job_id: bytes, slot: WorkerSlot) -> Path:
-        """Fetch a worker's artifacts by hash and lay them out as a result folder."""
+    async def _materialize(
+        self,
+        job_id: bytes,
+        slot: WorkerSlot,
+        check: Callable[[Path], Any] | None = None,
+    ) -> tuple[Path, Any]:
+        """Fetch a worker's artifacts by hash and lay them out as a result folder (then,
+        in the same thread, `check` it)."""
         msg = _reveal(slot)
         folder = self.results_root / job_id_text(job_id) / str(msg.attempt) / slot.did[-16:]
-        return await materialize(self.lc.node.blobs, slot.peer, msg.manifest, folder)
+        return await materialize(self.lc.node.blobs, slot.peer, msg.manifest, folder, check)
 
     async def _verify(
         self,
@@ -863,17 +870,22 @@ class ClientRole:
         template = template_of(spec)
         inputs = {name: Path(p) for name, p in data["inputs"].items()}
         folders: dict[str, Path | None] = {}
+        reports: dict[str, dict[str, Any]] = {}
+
+        def check(folder: Path) -> Any:
+            # its own exceptions come back as a value: only fetching errors mean "could not
+            # fetch" below; a failing check propagates as before
+            try:
+                return verify_result(template, folder, inputs=inputs)
+            except Exception as exc:
+                return exc
+
         for did, slot in attempt.slots.items():
             try:
-                folders[did] = await self._materialize(job_id, slot)
+                folders[did], report = await self._materialize(job_id, slot, check)
             except (C0Error, trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
                 log.info("artifacts of %s unavailable: %s", did, exc)
                 folders[did] = None
-        dids = list(attempt.slots)
-        reports: dict[str, dict[str, Any]] = {}
-        for did in dids:
-            folder = folders[did]
-            if folder is None:
                 reports[did] = {
                     "passed": False,
                     "checks": [
@@ -881,10 +893,10 @@ class ClientRole:
                     ],
                 }
                 continue
-            report = await trio.to_thread.run_sync(
-                lambda f=folder: verify_result(template, f, inputs=inputs)
-            )
+            if isinstance(report, Exception):
+                raise report
             reports[did] = report.to_json()
+        dids = list(attempt.slots)
         # Agreement: equal digests agree outright; different ones must pass the class's
         # comparison (exact on equal runtimes, PSNR otherwise) or neither is trusted.
         digests = {d: _reveal(attempt.slots[d]).result_hash for d in dids}

@@ -238,3 +238,34 @@ def test_a_store_never_closed_stops_its_checkpointer(tmp_path: Path) -> None:
     gc.collect()
     checkpointer.stop()  # already signalled by the finaliser; joins the thread
     assert not checkpointer.alive
+
+
+async def test_a_small_blob_already_held_is_not_copied_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    import trio
+
+    from node.blobstore import BlobStore
+
+    store = Store(tmp_path / "node.db")
+    blobs = BlobStore(tmp_path / "blobs", store)
+    src = tmp_path / "payload.txt"
+    src.write_text("hello")
+    digest = await blobs.put_file_async(src)  # new: staged and synced in a thread
+    assert digest == hashlib.sha256(b"hello").digest()
+    assert blobs.has(digest)
+
+    async def no_thread(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a held small file took a thread hop")
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", no_thread)
+    again = tmp_path / "again.txt"
+    again.write_text("hello")
+    assert await blobs.put_file_async(again) == digest  # hashed in place, nothing copied
+    assert list(blobs.partial_dir.iterdir()) == []
+    other = tmp_path / "other.txt"
+    other.write_text("not held")
+    with pytest.raises(AssertionError, match="thread hop"):  # a new blob still goes off-loop
+        await blobs.put_file_async(other)
