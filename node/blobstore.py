@@ -158,6 +158,12 @@ class BlobStore:
         self._place(sha256, tmp)
         self.store.add_blob(sha256, size)
 
+    async def commit_async(self, sha256: bytes, tmp: Path, size: int) -> None:
+        """`commit` with the rename and its directory sync in a worker thread; the index is
+        written from the caller's thread (the store's connection belongs to it)."""
+        await trio.to_thread.run_sync(self._place, sha256, tmp)
+        self.store.add_blob(sha256, size)
+
     def export(self, sha256: bytes, dest: Path) -> None:
         """Copy a blob out to `dest` (a path chosen by the local user)."""
         shutil.copyfile(self.path_of(sha256), dest)
