@@ -113,6 +113,7 @@ class BlobStore:
     def _held_if_small(self, path: Path) -> bytes | None:
         """The digest of `path` if it is a small file the store holds already, else None
         (a missing file too: `_stage` reports it)."""
+        path = Path(path)
         try:
             if path.stat().st_size > _INLINE_HASH_LIMIT:
                 return None
