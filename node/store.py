@@ -123,7 +123,7 @@ class _Checkpointer:
         self._stop.set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.signal_stop()
         if self._thread is not threading.current_thread():
             self._thread.join(5.0)
 

@@ -372,10 +372,7 @@ class _Sender:
             raise SettlementError("chain unreachable", str(exc)) from exc
         block, estimate = replies[0], replies[1]
         if isinstance(estimate, RpcError):
-            reason = revert_reason(estimate)
-            if reason is None:
-                raise SettlementError("transaction rejected", str(estimate))
-            raise SettlementError(reason)
+            raise _refusal(estimate)
         if isinstance(block, RpcError) or not isinstance(block, dict):
             raise SettlementError("chain unreachable", f"latest block: {block}")
         extra = replies[2:]
@@ -389,7 +386,7 @@ class _Sender:
             # not every node implements eth_maxPriorityFeePerGas
             tip = PRIORITY_FEE if isinstance(asked, RpcError) else int(asked, 16)
             _TIPS[id(self.chain)] = (time.monotonic(), tip)
-        tx["gas"] = min(int(int(estimate, 16) * GAS_MARGIN) + GAS_EXTRA, int(block["gasLimit"], 16))
+        tx["gas"] = _gas_limit(int(estimate, 16), int(block["gasLimit"], 16))
         base = block.get("baseFeePerGas")
         if base is None:
             try:
@@ -397,8 +394,7 @@ class _Sender:
             except (RpcError, OSError, http.client.HTTPException) as exc:
                 raise SettlementError("chain unreachable", str(exc)) from exc
         else:
-            tx["maxFeePerGas"] = 2 * int(base, 16) + tip
-            tx["maxPriorityFeePerGas"] = tip
+            tx.update(_fee_caps(int(base, 16), tip))
 
     def _batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         assert self.rpc is not None
@@ -419,17 +415,14 @@ class _Sender:
         except SettlementError:
             raise
         except Exception as exc:
-            reason = revert_reason(exc)
-            if reason is None:
-                raise SettlementError("transaction rejected", str(exc)) from exc
-            raise SettlementError(reason) from exc
-        return min(int(estimate * GAS_MARGIN) + GAS_EXTRA, limit)
+            raise _refusal(exc) from exc
+        return _gas_limit(estimate, limit)
 
     def _fees(self, latest: Any) -> dict[str, int]:
         base = latest.get("baseFeePerGas")
         if base is None:
             return {"gasPrice": int(self.w3.eth.gas_price)}
-        return {"maxFeePerGas": 2 * int(base) + self._tip(), "maxPriorityFeePerGas": self._tip()}
+        return _fee_caps(int(base), self._tip())
 
     def _tip(self) -> int:
         """The node's suggested priority fee, asked once a minute per chain (it moves slowly)."""
@@ -543,6 +536,24 @@ class _Sender:
                     raise
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         raise AssertionError("unreachable")
+
+
+def _gas_limit(estimate: int, block_limit: int) -> int:
+    """The gas a transaction is sent with: the estimate with a margin, within the block."""
+    return min(int(estimate * GAS_MARGIN) + GAS_EXTRA, block_limit)
+
+
+def _fee_caps(base_fee: int, tip: int) -> dict[str, int]:
+    """EIP-1559 fees: room for the base fee to double, plus the tip."""
+    return {"maxFeePerGas": 2 * base_fee + tip, "maxPriorityFeePerGas": tip}
+
+
+def _refusal(exc: BaseException) -> SettlementError:
+    """A failed gas estimate as the error to raise: the contract's reason when it gave one."""
+    reason = revert_reason(exc)
+    if reason is None:
+        return SettlementError("transaction rejected", str(exc))
+    return SettlementError(reason)
 
 
 def _cached_tip(chain: Chain) -> int | None:

@@ -234,9 +234,11 @@ def test_a_store_never_closed_stops_its_checkpointer(tmp_path: Path) -> None:
 
     store = Store(tmp_path / "node.db")
     checkpointer = store.checkpointer
+    assert checkpointer.alive
     del store
     gc.collect()
-    checkpointer.stop()  # already signalled by the finaliser; joins the thread
+    # only the finaliser can have told it to stop: wait (bounded) for the thread to end
+    checkpointer._thread.join(timeout=10.0)
     assert not checkpointer.alive
 
 
