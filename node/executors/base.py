@@ -23,7 +23,7 @@ import node
 from node.executors.errors import FAILURES, ExecutorError, exit_code_for
 from node.executors.forkserver import ForkedChild, ForkServer
 from node.executors.manifest import MANIFEST_NAME, artifact_entry, build_manifest, write_manifest
-from node.executors.sandbox import ARTIFACT_NAME, child_environment
+from node.executors.sandbox import ARTIFACT_NAME, DEFAULT_NICE, child_environment
 from protocol.errors import UserError
 from protocol.jobs import JobSpec
 
@@ -59,6 +59,7 @@ class ExecutionRequest:
     timeout_s: float | None = None
     memory_mb: int | None = None
     cpus: tuple[int, ...] | None = None
+    nice: int = DEFAULT_NICE  # the child's priority below its parent's (0..19)
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ class ChildProcessExecutor(Executor):
                 # CPU seconds: the whole wall-clock budget on every thread, plus start-up.
                 "cpu_s": int(timeout_s * max(1, threads)) + 10,
                 "cpus": cpus,
+                "nice": min(19, max(0, int(request.nice))),
             },
         }
 

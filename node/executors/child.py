@@ -50,7 +50,12 @@ def run_job(request: dict[str, Any], channel: IO[str]) -> int:
     from node.executors.sandbox import OutputFolder, apply_limits, near_memory_limit
 
     limits = request["limits"]
-    apply_limits(memory_mb=limits["memory_mb"], cpu_s=limits["cpu_s"], cpus=limits["cpus"])
+    apply_limits(
+        memory_mb=limits["memory_mb"],
+        cpu_s=limits["cpu_s"],
+        cpus=limits["cpus"],
+        nice=int(limits.get("nice", 0)),
+    )
     _send(channel, {"ready": {"pid": os.getpid()}})
     cpu0 = time.process_time()
 

@@ -45,6 +45,9 @@ class LifecycleSettings:
     # ~0.8 s a job spends between its bid and its assignment. The ad advertises
     # max_concurrent + max_queued as the jobs this worker takes at once.
     max_queued: int = 4
+    # A job's child runs this much below the node's CPU priority (a nice increment, 0..19):
+    # on a busy host the node's own protocol work for every job goes first.
+    job_nice: int = 10
     stake_wei: int = 10**17  # staked at start when the node has no stake yet
     stake_lock_wei: int = 10**14  # locked per job; lost to the client for a wrong result
     heartbeat_s: float = 1.0
@@ -105,7 +108,11 @@ def load_settings(home: Path, **overrides: Any) -> LifecycleSettings:
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"{path}: unknown setting(s): {', '.join(unknown)}")
-    return LifecycleSettings(**{**values, **overrides})
+    settings = LifecycleSettings(**{**values, **overrides})
+    nice = settings.job_nice
+    if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+        raise UserError(f"{path}: job_nice must be a whole number from 0 to 19, not {nice!r}")
+    return settings
 
 
 def load_chain(home: Path) -> ChainInfo | None:

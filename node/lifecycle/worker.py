@@ -311,7 +311,9 @@ class WorkerRole:
         out.mkdir(parents=True)
         # The registry's executor: its children fork from this worker's fork server.
         executor = get_executor(offer.spec.job_class)
-        request = ExecutionRequest(offer.spec, inputs, out, attempt=offer.attempt)
+        request = ExecutionRequest(
+            offer.spec, inputs, out, attempt=offer.attempt, nice=self.lc.settings.job_nice
+        )
         # at most max_concurrent executor children at once; a queued job keeps heartbeating
         while True:
             with trio.move_on_after(self.lc.settings.heartbeat_s):

@@ -66,6 +66,38 @@ def test_forked_child_is_its_own_group_in_its_folder_under_its_limits(
     assert proc.returncode == 0
 
 
+def _nice_of(pid: int) -> int:
+    """A running process's nice value, from /proc (field 19 of its stat line)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "fresh"])
+@pytest.mark.parametrize("nice", [None, 0, 3, 40])
+def test_a_child_runs_below_its_workers_priority(
+    forked: bool, nice: int | None, make_spec: Any, tmp_path: Path
+) -> None:
+    """A job's child lowers its own priority by the request's `nice` (default 10; the
+    kernel caps the result at 19) before it works; 0 leaves it at the worker's."""
+    srv = ForkServer() if forked else None
+    try:
+        executor = ChildProcessExecutor("noop", fork_server=srv)
+        spec = make_spec("noop", {"payload": "p", "duration_ms": 300})
+        extra = {} if nice is None else {"nice": nice}
+        execution = executor.start(ExecutionRequest(spec, {}, tmp_path / "out", **extra))
+        assert execution.ready.wait(10)
+        assert execution._proc is not None
+        assert isinstance(execution._proc, ForkedChild) is forked
+        expected = min(19, os.nice(0) + (10 if nice is None else nice))
+        assert _nice_of(execution._proc.pid) == expected
+        result = executor.wait(execution, timeout=30)
+        assert result is not None
+        assert result.ok, result.manifest["error"]
+    finally:
+        if srv is not None:
+            srv.close()
+
+
 def test_a_crashing_child_is_reported_like_a_fresh_one(
     server: ForkServer, make_spec: Any, tmp_path: Path
 ) -> None:
