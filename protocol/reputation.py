@@ -9,12 +9,12 @@ checks the signatures; this module only counts.
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Iterable
+import bisect
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["EVIDENCE_KINDS", "Evidence", "Reputation", "compute_reputation"]
+__all__ = ["EVIDENCE_KINDS", "Evidence", "Reputation", "ReputationTally", "compute_reputation"]
 
 EvidenceKind = Literal["completed", "verify_failed", "timeout", "disputed", "slashed", "seen"]
 EVIDENCE_KINDS: frozenset[str] = frozenset(
@@ -101,6 +101,26 @@ def compute_reputation(
         counts[ev.kind] += 1
         if ev.kind == "completed" and ev.runtime_ms is not None:
             runtimes.setdefault(ev.hw_class or "unknown", []).append(ev.runtime_ms)
+    for values in runtimes.values():
+        values.sort()
+    return _reputation(worker, job_class, counts, runtimes, len(buckets))
+
+
+def _median(ordered: list[int]) -> float:
+    """statistics.median of a list already in order, without sorting it again."""
+    n = len(ordered)
+    if n % 2:
+        return ordered[n // 2]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def _reputation(
+    worker: str,
+    job_class: str,
+    counts: Mapping[str, int],
+    runtimes: Mapping[str, list[int]],  # each list in order
+    buckets: int,
+) -> Reputation:
     done, failed = counts["completed"], counts["verify_failed"]
     attempts = done + failed + counts["timeout"]
     bad = 2 * (failed + counts["slashed"]) + counts["timeout"] + counts["disputed"]
@@ -114,7 +134,45 @@ def compute_reputation(
         slashed=counts["slashed"],
         completion_rate=done / attempts if attempts else 0.0,
         verification_failure_rate=failed / (done + failed) if done + failed else 0.0,
-        median_runtime_ms={hw: statistics.median(v) for hw, v in sorted(runtimes.items())},
-        availability=len(buckets) / (AVAILABILITY_WINDOW_MS // AVAILABILITY_BUCKET_MS),
+        median_runtime_ms={hw: _median(v) for hw, v in sorted(runtimes.items()) if v},
+        availability=buckets / (AVAILABILITY_WINDOW_MS // AVAILABILITY_BUCKET_MS),
         score=(done + 1) / (done + bad + 2),
     )
+
+
+class ReputationTally:
+    """`compute_reputation` for one worker, kept up to date one piece of evidence at a
+    time: `add` and `reputation` cost O(1) in the worker's history (plus the ads seen in
+    the last availability window), where recomputing from the whole list grew with it.
+    `reputation(job_class, now)` equals `compute_reputation(everything added, ...)` as long
+    as `now` never goes back (the ads seen before the window are forgotten)."""
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self._keys: set[tuple[str, str, bytes, str]] = set()
+        self._counts: dict[str, dict[str, int]] = {}  # job class -> kind -> count
+        self._runtimes: dict[str, dict[str, list[int]]] = {}  # job class -> hw -> sorted
+        self._seen: list[int] = []  # when this worker's ads were seen
+
+    def add(self, ev: Evidence) -> None:
+        if ev.worker != self.worker:
+            return
+        if ev.kind == "seen":
+            self._seen.append(ev.at)
+            return
+        key = (ev.job_class, ev.kind, ev.job_id, ev.source if not ev.job_id else "")
+        if key in self._keys:
+            return
+        self._keys.add(key)
+        counts = self._counts.setdefault(ev.job_class, dict.fromkeys(EVIDENCE_KINDS, 0))
+        counts[ev.kind] += 1
+        if ev.kind == "completed" and ev.runtime_ms is not None:
+            by_hw = self._runtimes.setdefault(ev.job_class, {})
+            bisect.insort(by_hw.setdefault(ev.hw_class or "unknown", []), ev.runtime_ms)
+
+    def reputation(self, job_class: str, now: int) -> Reputation:
+        self._seen = [at for at in self._seen if at > now - AVAILABILITY_WINDOW_MS]
+        buckets = {(now - at) // AVAILABILITY_BUCKET_MS for at in self._seen if at <= now}
+        counts = self._counts.get(job_class) or dict.fromkeys(EVIDENCE_KINDS, 0)
+        runtimes = self._runtimes.get(job_class, {})
+        return _reputation(self.worker, job_class, counts, runtimes, len(buckets))

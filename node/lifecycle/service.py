@@ -24,7 +24,7 @@ from node.net.caps import KnownWorker
 from protocol.envelope import SignedMessage, envelope_hash
 from protocol.errors import C0Error
 from protocol.messages import JobEvent, Message, Receipt
-from protocol.reputation import Evidence, Reputation, compute_reputation
+from protocol.reputation import Evidence, Reputation, ReputationTally
 from protocol.settlement import EscrowTerms
 from protocol.state import TERMINAL, State
 
@@ -82,7 +82,7 @@ class Lifecycle:
         self.ads_changed = trio.Event()
         self.jobs_changed = trio.Event()
         self._reputations: dict[tuple[str, str], tuple[int, Reputation]] = {}
-        self._evidence: dict[str, list[Evidence]] = {}  # worker -> its evidence (see below)
+        self._tallies: dict[str, ReputationTally] = {}  # worker -> its evidence, counted
         node.store._on_rollback.append(self._forget_evidence)  # the cache follows the rows
         node.on_ad.append(lambda _worker: self._pulse_ads())
         handlers: dict[str, Callable[[SignedMessage, str], Awaitable[Message | None]]] = {
@@ -335,10 +335,10 @@ class Lifecycle:
             " runtime_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (worker, job_class, kind, job_id, source, at, runtime_ms),
         )
-        cached = self._evidence.get(worker)
-        if cached is not None and cursor.rowcount == 1:  # new, not a duplicate ignored
+        tally = self._tallies.get(worker)
+        if tally is not None and cursor.rowcount == 1:  # new, not a duplicate ignored
             hw = self._hw_class(self.node.caps.get(worker))
-            cached.append(
+            tally.add(
                 Evidence(worker, job_class, kind, at, job_id=job_id, runtime_ms=runtime_ms,
                          source=source, hw_class=hw)
             )  # fmt: skip
@@ -346,7 +346,7 @@ class Lifecycle:
             del self._reputations[key]
 
     def _forget_evidence(self) -> None:
-        self._evidence.clear()
+        self._tallies.clear()
         self._reputations.clear()
 
     def evidence(self, worker: str | None = None) -> list[Evidence]:
@@ -384,13 +384,16 @@ class Lifecycle:
         hit = self._reputations.get(key)
         if hit is not None and now - hit[0] < _REPUTATION_TTL_MS:
             return hit[1]
-        # A worker's evidence is read from the database once, then kept in memory and
-        # appended to by `add_evidence`: re-reading it after every verdict (each one
-        # invalidates the worker's score) cost routing O(history) SQL per job.
-        evidence = self._evidence.get(did)
-        if evidence is None:
-            evidence = self._evidence[did] = self.evidence(did)
-        rep = compute_reputation(evidence, worker=did, job_class=job_class, now=now)
+        # A worker's evidence is read from the database once, then counted in a running
+        # tally that `add_evidence` adds to: re-reading it after every verdict (each one
+        # invalidates the worker's score) cost routing O(history) SQL per job, and
+        # counting the whole list again O(history) in Python.
+        tally = self._tallies.get(did)
+        if tally is None:
+            tally = self._tallies[did] = ReputationTally(did)
+            for ev in self.evidence(did):
+                tally.add(ev)
+        rep = tally.reputation(job_class, now)
         if len(self._reputations) > 4096:
             self._reputations.clear()
         self._reputations[key] = (now, rep)

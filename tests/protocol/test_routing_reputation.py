@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.jobs import InputRef, JobSpec
 from protocol.reconcile import JobRecord, reconcile
-from protocol.reputation import Evidence, compute_reputation
+from protocol.reputation import (
+    AVAILABILITY_WINDOW_MS,
+    EVIDENCE_KINDS,
+    Evidence,
+    ReputationTally,
+    compute_reputation,
+)
 from protocol.routing import Candidate, rank_workers
 from tests.protocol.test_messages import samples
 from tests.protocol.vectors import identities
@@ -159,3 +166,56 @@ def test_reconcile_finds_each_kind_of_mismatch() -> None:
         ("job10", "paid_not_settled"),
     }
     assert reconcile(records[:1], events, now_s=200) == []
+
+
+_EVIDENCE = st.builds(
+    Evidence,
+    worker=st.sampled_from(["did:key:a", "did:key:b"]),
+    job_class=st.sampled_from(["noop", "media.probe"]),
+    kind=st.sampled_from(sorted(EVIDENCE_KINDS)),
+    at=st.integers(0, 3 * AVAILABILITY_WINDOW_MS),
+    job_id=st.sampled_from([b"", b"\x01" * 34, b"\x02" * 34, b"\x03" * 34]),
+    runtime_ms=st.none() | st.integers(0, 10_000),
+    hw_class=st.sampled_from(["", "cpu-2", "gpu"]),
+    source=st.sampled_from(["", "receipt:1", "verdict:2", "escrow:3"]),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.lists(_EVIDENCE, max_size=8), st.integers(0, AVAILABILITY_WINDOW_MS)),
+        max_size=12,
+    )
+)
+def test_a_running_tally_equals_counting_all_the_evidence_again(
+    steps: list[tuple[list[Evidence], int]],
+) -> None:
+    """The node keeps one ReputationTally per worker and adds evidence as it arrives;
+    after any additions, at any later time, it says what compute_reputation says of
+    everything added so far."""
+    tally = ReputationTally("did:key:a")
+    added: list[Evidence] = []
+    now = 0
+    for batch, step in steps:
+        for ev in batch:
+            tally.add(ev)
+            added.append(ev)
+        now += step
+        for job_class in ("noop", "media.probe"):
+            expected = compute_reputation(added, worker="did:key:a", job_class=job_class, now=now)
+            assert tally.reputation(job_class, now) == expected
+
+
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=30))
+def test_median_runtime_is_the_statistics_median(runtimes: list[int]) -> None:
+    evidence = [
+        Evidence("did:key:a", "noop", "completed", 1, job_id=bytes([i]) * 34, runtime_ms=r,
+                 hw_class="cpu-2")
+        for i, r in enumerate(runtimes)
+    ]  # fmt: skip
+    rep = compute_reputation(evidence, worker="did:key:a", job_class="noop", now=2)
+    assert rep.median_runtime_ms == {"cpu-2": statistics.median(runtimes)}
+    tally = ReputationTally("did:key:a")
+    for ev in evidence:
+        tally.add(ev)
+    assert tally.reputation("noop", 2).median_runtime_ms == {"cpu-2": statistics.median(runtimes)}
