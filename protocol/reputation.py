@@ -142,8 +142,10 @@ def _reputation(
 
 class ReputationTally:
     """`compute_reputation` for one worker, kept up to date one piece of evidence at a
-    time: `add` and `reputation` cost O(1) in the worker's history (plus the ads seen in
-    the last availability window), where recomputing from the whole list grew with it.
+    time: `add` is a set look-up and, for a runtime, an insert into a sorted list (a
+    binary search and a move of machine words); `reputation` does not look at the history
+    at all (only at the ads seen in the last availability window), where recounting the
+    whole list grew with it (bench/bench_reputation.py).
     `reputation(job_class, now)` equals `compute_reputation(everything added, ...)` as long
     as `now` never goes back (the ads seen before the window are forgotten)."""
 
