@@ -32,6 +32,7 @@ def start(kind: str, directory: Path, addresses: list[str]) -> dict[str, Any] | 
     proc = anvil._proc  # the testnet outlives this process: keep the pid, not the object
     assert proc is not None
     entry: dict[str, Any] = {"kind": "anvil", "rpc_url": url, "pid": proc.pid}
+    chain = None
     try:
         chain = rpc_chain(url)
         escrow, deployed = EscrowClient.deploy(chain, chain.dev_account(0))
@@ -39,6 +40,9 @@ def start(kind: str, directory: Path, addresses: list[str]) -> dict[str, Any] | 
     except BaseException:
         stop(entry)
         raise
+    finally:
+        if chain is not None:
+            chain.close()
     entry.update(chain_id=chain.chain_id, escrow=escrow.address, deploy_tx=deployed.tx)
     return entry
 

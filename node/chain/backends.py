@@ -51,6 +51,12 @@ class Chain:
             return self.rpc.eth_call_many(to, datas)
         return [self.eth_call(to, d) for d in datas]
 
+    def close(self) -> None:
+        """Close this thread's JSON-RPC connection: a chain object used for set-up and
+        then dropped would otherwise leave its socket to the garbage collector."""
+        if self.rpc is not None:
+            self.rpc.close()
+
     def dev_account(self, index: int) -> LocalAccount:
         if index >= len(self.dev_keys):
             raise UserError(f"{self.kind} chain {self.chain_id} has no funded dev account {index}")

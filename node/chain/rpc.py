@@ -68,6 +68,11 @@ class JsonRpc:
         if conn is not None:
             conn.close()
 
+    def close(self) -> None:
+        """Close the calling thread's connection (the next call opens a new one). Other
+        threads' connections close with their threads."""
+        self._drop()
+
     def call(self, method: str, params: list[Any]) -> Any:
         body = json.dumps(
             {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}

@@ -56,6 +56,18 @@ def test_a_dropped_connection_is_reopened(rpc: JsonRpc) -> None:
     assert rpc._connection() is not conn
 
 
+def test_close_closes_the_connection_and_a_later_call_reopens_it(anvil_url: str) -> None:
+    chain = rpc_chain(anvil_url)
+    assert chain.rpc is not None
+    before = chain.now()
+    conn = chain.rpc._connection()
+    assert conn.sock is not None  # kept alive after the call
+    chain.close()
+    assert conn.sock is None  # closed now, not left to the garbage collector
+    assert chain.now() >= before
+    assert chain.rpc._connection() is not conn
+
+
 def test_each_thread_has_its_own_connection(rpc: JsonRpc) -> None:
     seen: list[object] = []
 
