@@ -134,7 +134,7 @@ def _reputation(
         slashed=counts["slashed"],
         completion_rate=done / attempts if attempts else 0.0,
         verification_failure_rate=failed / (done + failed) if done + failed else 0.0,
-        median_runtime_ms={hw: _median(v) for hw, v in sorted(runtimes.items()) if v},
+        median_runtime_ms={hw: _median(v) for hw, v in sorted(runtimes.items())},
         availability=buckets / (AVAILABILITY_WINDOW_MS // AVAILABILITY_BUCKET_MS),
         score=(done + 1) / (done + bad + 2),
     )

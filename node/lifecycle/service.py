@@ -32,7 +32,6 @@ __all__ = ["Lifecycle"]
 
 log = logging.getLogger("c0.lifecycle")
 
-_REPUTATION_TTL_MS = 1000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evidence (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,7 +80,6 @@ class Lifecycle:
         # what waiting tasks synchronise on.
         self.ads_changed = trio.Event()
         self.jobs_changed = trio.Event()
-        self._reputations: dict[tuple[str, str], tuple[int, Reputation]] = {}
         self._tallies: dict[str, ReputationTally] = {}  # worker -> its evidence, counted
         node.store._on_rollback.append(self._forget_evidence)  # the cache follows the rows
         node.on_ad.append(lambda _worker: self._pulse_ads())
@@ -342,12 +340,9 @@ class Lifecycle:
                 Evidence(worker, job_class, kind, at, job_id=job_id, runtime_ms=runtime_ms,
                          source=source, hw_class=hw)
             )  # fmt: skip
-        for key in [k for k in self._reputations if k[0] == worker]:
-            del self._reputations[key]
 
     def _forget_evidence(self) -> None:
         self._tallies.clear()
-        self._reputations.clear()
 
     def evidence(self, worker: str | None = None) -> list[Evidence]:
         sql = "SELECT worker, job_class, kind, job_id, source, at_ms, runtime_ms FROM evidence"
@@ -377,27 +372,18 @@ class Lifecycle:
         return str(hw.get("hw_class") or f"cpu-{hw.get('cpu_cores', '?')}")
 
     def reputation_of(self, did: str, job_class: str) -> Reputation:
-        """Computed from the evidence, kept for up to a second and until new evidence about
-        that worker arrives (routing asks for every candidate of every job)."""
-        now = now_ms()
-        key = (did, job_class)
-        hit = self._reputations.get(key)
-        if hit is not None and now - hit[0] < _REPUTATION_TTL_MS:
-            return hit[1]
-        # A worker's evidence is read from the database once, then counted in a running
-        # tally that `add_evidence` adds to: re-reading it after every verdict (each one
-        # invalidates the worker's score) cost routing O(history) SQL per job, and
-        # counting the whole list again O(history) in Python.
+        """Computed from the evidence (routing asks for every candidate of every job).
+
+        A worker's evidence is read from the database once, then counted in a running
+        tally that `add_evidence` adds to: re-reading it after every verdict cost routing
+        O(history) SQL per job, and counting the whole list again O(history) in Python. A
+        score from the tally takes ~5 µs at any history, so it is not cached."""
         tally = self._tallies.get(did)
         if tally is None:
             tally = self._tallies[did] = ReputationTally(did)
             for ev in self.evidence(did):
                 tally.add(ev)
-        rep = tally.reputation(job_class, now)
-        if len(self._reputations) > 4096:
-            self._reputations.clear()
-        self._reputations[key] = (now, rep)
-        return rep
+        return tally.reputation(job_class, now_ms())
 
     async def chain_events_for(self, chain_job_id: bytes | None = None) -> list[dict[str, Any]]:
         """Escrow events from the chain itself (never from our own records)."""
