@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -117,7 +119,15 @@ def test_wall_clock_timeout_kills_the_child(
         spec = make_spec("noop", {"payload": "x", "duration_ms": 5000})
     out = tmp_path / "out"
     started = time.monotonic()
-    result = executors[spec.job_class].run(ExecutionRequest(spec, inputs, out, timeout_s=0.01))
+    executor = executors[spec.job_class]
+    execution = executor.start(ExecutionRequest(spec, inputs, out, timeout_s=0.01))
+    # A forked thumbnail or probe of the small clip can finish inside 10 ms on a fast host
+    # (CI once did): freeze the child so that only the wall-clock limit can end it. SIGKILL
+    # still ends a stopped process, so this is the limit's own path, not a shortcut.
+    assert execution._proc is not None
+    os.kill(execution._proc.pid, signal.SIGSTOP)
+    result = executor.wait(execution, timeout=30)
+    assert result is not None
     assert result.error_code == "timeout"
     assert result.manifest["artifacts"] == []
     assert time.monotonic() - started < 10
