@@ -97,11 +97,20 @@ def test_wait_returns_the_same_result_every_time(
     assert first.ok
 
 
+def _freeze(execution: Any) -> None:
+    """Stop the job's child (SIGSTOP) so that only the executor can end it: a forked child
+    of a small job can finish within a millisecond or two of `start` on a fast host. The
+    executor's SIGKILL still ends a stopped process, so its own path is what is tested."""
+    assert execution._proc is not None
+    os.kill(execution._proc.pid, signal.SIGSTOP)
+
+
 def test_cancel_stops_the_job(job: Any, tmp_path: Path, executors: Mapping[str, Executor]) -> None:
     spec, inputs = job
     executor = executors[spec.job_class]
     out = tmp_path / "out"
     execution = executor.start(ExecutionRequest(spec, inputs, out))
+    _freeze(execution)  # so the job cannot finish before the cancel lands
     executor.cancel(execution)
     executor.cancel(execution)  # idempotent
     result = executor.wait(execution, timeout=30)
@@ -121,11 +130,7 @@ def test_wall_clock_timeout_kills_the_child(
     started = time.monotonic()
     executor = executors[spec.job_class]
     execution = executor.start(ExecutionRequest(spec, inputs, out, timeout_s=0.01))
-    # A forked thumbnail or probe of the small clip can finish inside 10 ms on a fast host
-    # (CI once did): freeze the child so that only the wall-clock limit can end it. SIGKILL
-    # still ends a stopped process, so this is the limit's own path, not a shortcut.
-    assert execution._proc is not None
-    os.kill(execution._proc.pid, signal.SIGSTOP)
+    _freeze(execution)  # a forked thumbnail can finish inside 10 ms on a fast host (CI did)
     result = executor.wait(execution, timeout=30)
     assert result is not None
     assert result.error_code == "timeout"
