@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import testnet.chain
-from bench import idle_fraction
+from bench import CpuMeter, idle_fraction
 from node.control import ControlClient, control_path
 from testnet.local import down, up
 
@@ -93,6 +93,18 @@ class Swarm:
         client_home = Path(next(n["home"] for n in nodes if n["role"] == "client"))
         self.client = ControlClient(control_path(client_home), timeout=120)
         self.workers = [n for n in nodes if n["role"] == "worker"]
+
+    def cpu_meter(self) -> CpuMeter:
+        """CPU of the client, the full nodes (with their fork servers) and anvil, from now."""
+        nodes = self.state["nodes"]
+        chain = self.state.get("chain") or {}
+        return CpuMeter(
+            {
+                "client": [n["pid"] for n in nodes if n["role"] == "client"],
+                "nodes": [n["pid"] for n in nodes if n["role"] != "client"],
+                "anvil": [chain["pid"]] if chain.get("pid") else [],
+            }
+        )
 
     def node(self, did: str) -> ControlClient:
         return ControlClient(control_path(self.homes[did]), timeout=60)
@@ -296,6 +308,7 @@ def warm_up(s: Swarm) -> int:
 def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
     """`jobs` noop jobs submitted back to back; first submit → last `settled` event."""
     load0 = _load()
+    meter = s.cpu_meter()
     t0 = _now_ms()
     ids = s.submit_many(NOOP, jobs)
     submitted = _now_ms()
@@ -319,6 +332,7 @@ def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
         # Figures come from the nodes' event timestamps; this poll only watches for the
         # end, and asks for states only (the full listing decodes every job's record).
         time.sleep(1.0)
+    cpu = meter.read()  # before the event reads below, which cost the nodes CPU too
     states: dict[str, int] = {}
     for j in final:
         states[j["state"]] = states.get(j["state"], 0) + 1
@@ -339,6 +353,7 @@ def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
                 first["settled"] - first["requested"]
             )
     elapsed_s = (max(settled_at) - t0) / 1000 if settled_at else None
+    swarm_cpu = {group: seconds for group, seconds in cpu.items() if group != "host_busy"}
     stuck = [j for j in final if j["state"] not in TERMINAL]
     sample = s.events(stuck[0]["job_id"]) if stuck else []
     reasons: dict[str, int] = {}
@@ -359,6 +374,20 @@ def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
         "client_phases_ms": {k: _summary(v) for k, v in phases.items()},
         "gas": gas,
         "load_avg": [load0, _load()],
+        # CPU of every process of the network from the first submit until the poll saw the
+        # last job end (up to 1 s after it, so it includes the receipts' handling): ms per
+        # job in this burst, by process group ("nodes" = the full nodes, "nodes_children" =
+        # their fork servers with the job children they reaped); and that CPU over the
+        # burst's first submit → last settled, in cores (this host has 2).
+        "cpu_ms_per_job": {
+            **{
+                group: round(seconds * 1000 / jobs, 2)
+                for group, seconds in sorted(swarm_cpu.items())
+            },
+            "total": round(sum(swarm_cpu.values()) * 1000 / jobs, 2),
+        },
+        "swarm_cores_used": round(sum(swarm_cpu.values()) / elapsed_s, 2) if elapsed_s else None,
+        "host_busy_while_metered": round(cpu["host_busy"], 3),
     }
 
 
@@ -383,13 +412,17 @@ def bench_throughput(s: Swarm, jobs: int, rounds: int = BURST_ROUNDS) -> dict[st
         idle = _quiet()
         one = _burst(s, jobs)
         one["idle_before"] = round(idle, 2)
-        say(f"  round {r + 1}: {one['jobs_per_s']} jobs/s, {one['states']}")
+        say(
+            f"  round {r + 1}: {one['jobs_per_s']} jobs/s, {one['states']}, "
+            f"{one['cpu_ms_per_job']['total']} ms of CPU per job"
+        )
         results.append(one)
     ranked = sorted(results, key=lambda x: x["jobs_per_s"])
     median = ranked[len(ranked) // 2]
     return {
         **median,
         "rounds_jobs_per_s": [x["jobs_per_s"] for x in results],
+        "rounds_cpu_ms_per_job": [x["cpu_ms_per_job"]["total"] for x in results],
         "rounds": results,
     }
 
