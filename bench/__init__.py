@@ -7,43 +7,40 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["CpuMeter", "host_times", "idle_fraction", "process_cpu_s"]
+__all__ = ["CpuMeter", "idle_fraction", "process_cpu_s"]
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def host_times() -> tuple[int, int]:
-    """(idle + iowait, total) clock ticks of all CPUs since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return fields[3] + fields[4], sum(fields)
-
-
 def idle_fraction(window_s: float) -> float:
     """The share of all CPUs' time spent idle over the next `window_s` seconds."""
-    idle0, total0 = host_times()
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    idle0, total0 = sample()
     time.sleep(window_s)  # a measuring window, not synchronisation
-    idle1, total1 = host_times()
+    idle1, total1 = sample()
     return (idle1 - idle0) / max(1, total1 - total0)
 
 
-def _stat(pid: int) -> tuple[int, list[str]] | None:
-    """(parent pid, the fields after the command name) of /proc/PID/stat; None if gone."""
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) from /proc/PID/stat, or None if the process is gone. The
+    CPU is user + system time, its own and that of the children it has waited for (a fork
+    server's job children, once reaped)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text.rsplit(")", 1)[1].split()  # the name may hold spaces and parentheses
-    return int(fields[1]), fields
+    f = text.rsplit(")", 1)[1].split()  # the name may hold spaces and parentheses
+    return int(f[1]), (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) * _TICK_S
 
 
 def process_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system) of a process and of its children it has waited for
-    (a fork server's job children, once reaped); None if the process is gone."""
+    """CPU seconds of a process and of the children it has waited for; None if gone."""
     stat = _stat(pid)
-    if stat is None:
-        return None
-    f = stat[1]
-    return (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) * _TICK_S
+    return None if stat is None else stat[1]
 
 
 class CpuMeter:
@@ -56,29 +53,26 @@ class CpuMeter:
     def __init__(self, roots: Mapping[str, list[int]]) -> None:
         self.roots = {group: list(pids) for group, pids in roots.items()}
         self._start = self._read()
-        self._host_start = host_times()
 
     def _read(self) -> dict[tuple[str, int], float]:
         parents = {pid: group for group, pids in self.roots.items() for pid in pids}
         out: dict[tuple[str, int], float] = {}
-        for pid, group in parents.items():
-            cpu = process_cpu_s(pid)
-            if cpu is not None:
-                out[(group, pid)] = cpu
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
-            stat = _stat(int(entry))
-            if stat is None or stat[0] not in parents:
+            pid = int(entry)
+            stat = _stat(pid)
+            if stat is None:
                 continue
-            cpu = process_cpu_s(int(entry))
-            if cpu is not None:
-                out[(parents[stat[0]] + "_children", int(entry))] = cpu
+            ppid, cpu = stat
+            if pid in parents:
+                out[(parents[pid], pid)] = cpu
+            elif ppid in parents:
+                out[(parents[ppid] + "_children", pid)] = cpu
         return out
 
     def read(self) -> dict[str, float]:
-        """CPU seconds per group since this meter was made, and the host's busy share
-        (0..1 of all CPUs) over the same time under "host_busy"."""
+        """CPU seconds per group since this meter was made."""
         end = self._read()
         used: dict[str, float] = {group: 0.0 for group in self.roots}
         for key, cpu in end.items():
@@ -87,9 +81,5 @@ class CpuMeter:
             if (group, pid) not in end and group.endswith("_children"):
                 # Reaped meanwhile: its whole life now shows in its parent's waited-for
                 # time, so the part before the first reading comes off the parent's group.
-                parent = group.removesuffix("_children")
-                used[parent] -= cpu
-        idle0, total0 = self._host_start
-        idle1, total1 = host_times()
-        used["host_busy"] = 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+                used[group.removesuffix("_children")] -= cpu
         return used

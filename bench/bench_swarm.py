@@ -353,7 +353,6 @@ def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
                 first["settled"] - first["requested"]
             )
     elapsed_s = (max(settled_at) - t0) / 1000 if settled_at else None
-    swarm_cpu = {group: seconds for group, seconds in cpu.items() if group != "host_busy"}
     stuck = [j for j in final if j["state"] not in TERMINAL]
     sample = s.events(stuck[0]["job_id"]) if stuck else []
     reasons: dict[str, int] = {}
@@ -380,14 +379,10 @@ def _burst(s: Swarm, jobs: int) -> dict[str, Any]:
         # their fork servers with the job children they reaped); and that CPU over the
         # burst's first submit → last settled, in cores (this host has 2).
         "cpu_ms_per_job": {
-            **{
-                group: round(seconds * 1000 / jobs, 2)
-                for group, seconds in sorted(swarm_cpu.items())
-            },
-            "total": round(sum(swarm_cpu.values()) * 1000 / jobs, 2),
+            **{group: round(seconds * 1000 / jobs, 2) for group, seconds in sorted(cpu.items())},
+            "total": round(sum(cpu.values()) * 1000 / jobs, 2),
         },
-        "swarm_cores_used": round(sum(swarm_cpu.values()) / elapsed_s, 2) if elapsed_s else None,
-        "host_busy_while_metered": round(cpu["host_busy"], 3),
+        "swarm_cores_used": round(sum(cpu.values()) / elapsed_s, 2) if elapsed_s else None,
     }
 
 

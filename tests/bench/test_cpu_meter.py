@@ -50,7 +50,6 @@ def test_a_child_counts_once_before_and_after_it_is_reaped() -> None:
         running = meter.read()
         assert running["none"] == 0.0
         assert running["p_children"] >= 0.04  # the burn, in the live child
-        assert 0.0 < running["host_busy"] <= 1.0
         assert step() == "reaped"
         assert process_cpu_s(child) is None  # gone
         reaped = meter.read()

@@ -66,12 +66,6 @@ def test_forked_child_is_its_own_group_in_its_folder_under_its_limits(
     assert proc.returncode == 0
 
 
-def _nice_of(pid: int) -> int:
-    """A running process's nice value, from /proc (field 19 of its stat line)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[16])
-
-
 @pytest.mark.parametrize("forked", [True, False], ids=["forked", "fresh"])
 @pytest.mark.parametrize("nice", [None, 0, 3, 40])
 def test_a_child_runs_below_its_workers_priority(
@@ -89,7 +83,7 @@ def test_a_child_runs_below_its_workers_priority(
         assert execution._proc is not None
         assert isinstance(execution._proc, ForkedChild) is forked
         expected = min(19, os.nice(0) + (10 if nice is None else nice))
-        assert _nice_of(execution._proc.pid) == expected
+        assert os.getpriority(os.PRIO_PROCESS, execution._proc.pid) == expected
         result = executor.wait(execution, timeout=30)
         assert result is not None
         assert result.ok, result.manifest["error"]
