@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,8 @@ class ExecutionResult:
 @dataclass(eq=False)
 class Execution:
     """A handle on a started job. `ready` is set when the child has applied its limits and
-    is about to work; `done` when result.json is written."""
+    is about to work; `done` when result.json is written (then the callbacks given to
+    `when_done` run)."""
 
     request: ExecutionRequest
     started: float = field(default_factory=time.monotonic)
@@ -97,6 +98,24 @@ class Execution:
     _proc: subprocess.Popen[bytes] | ForkedChild | None = None
     _stop_reason: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _when_done: list[Callable[[], object]] = field(default_factory=list)
+
+    def when_done(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` once the result exists: at once if it does, else from the
+        thread that finishes the execution (keep it short; it must not raise). For an
+        event loop that would rather be woken than park a thread in `Executor.wait`."""
+        with self._lock:
+            if not self.done.is_set():
+                self._when_done.append(callback)
+                return
+        callback()
+
+    def _set_done(self) -> None:
+        with self._lock:
+            self.done.set()
+            callbacks, self._when_done = self._when_done, []
+        for callback in callbacks:
+            callback()
 
     @property
     def job_id(self) -> str:
@@ -384,7 +403,7 @@ class ChildProcessExecutor(Executor):
         )
         path = write_manifest(out, manifest)
         execution.result = ExecutionResult(manifest, path)
-        execution.done.set()
+        execution._set_done()
 
     def _classify(
         self,

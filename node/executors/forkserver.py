@@ -2,9 +2,10 @@
 
 Starting a fresh `python -m node.executors.child` costs ~45 ms of wall time and ~80 ms of
 CPU per job (interpreter start-up and imports), which dominates short jobs. The fork
-server is started once per worker (`python -m node.executors.forkserver FD`), imports
-the child-side modules, and then, for each job the parent sends, forks a child that
-becomes exactly what the fresh interpreter would have been:
+server is started once per worker (`python -m node.executors.forkserver_process FD`, in
+node/executors/forkserver_process.py), imports the child-side modules, and then, for
+each job the parent sends, forks a child that becomes exactly what the fresh interpreter
+would have been:
 
 - its own session and process group (the parent kills the group, as before);
 - stdin from /dev/null, the report pipe and the stderr pipe handed over by the parent
@@ -20,79 +21,27 @@ single-threaded, so forking it is safe. It reaps its children and reports each e
 status (as `Popen.returncode` would give it) back to the parent, and it exits — killing
 any children left — when the parent closes the socket.
 
-Wire format on the Unix stream socket, both ways: a 4-byte big-endian length, then that
-many bytes of JSON. A job request carries exactly two file descriptors with its first
-byte: [report pipe write end, stderr pipe write end].
+The wire format is in node/executors/forkserver_process.py.
 """
 
 from __future__ import annotations
 
-import gc
-import importlib
-import json
 import os
-import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import node
+from node.executors.forkserver_process import recv_message as _recv
+from node.executors.forkserver_process import send_message as _send
 
 __all__ = ["ForkServer", "ForkedChild"]
-
-_HEADER = struct.Struct(">I")
-_MAX_MESSAGE = 4 << 20
-
-
-def _send(sock: socket.socket, item: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(item).encode()
-    frame = _HEADER.pack(len(data)) + data
-    if fds:
-        sent = socket.send_fds(sock, [frame], fds)
-        frame = frame[sent:]
-    if frame:
-        sock.sendall(frame)
-
-
-def _recv_exact(sock: socket.socket, size: int, first: bytes = b"") -> bytes | None:
-    buf = bytearray(first)
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv(sock: socket.socket, with_fds: bool = False) -> tuple[dict[str, Any], list[int]] | None:
-    """One message and the descriptors that came with it; None at end of stream."""
-    fds: list[int] = []
-    first = b""
-    if with_fds:
-        first, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 4)
-        if not first:
-            return None
-    head = _recv_exact(sock, _HEADER.size, first)
-    if head is None:
-        return None
-    (size,) = _HEADER.unpack(head)
-    if size > _MAX_MESSAGE:
-        raise ValueError(f"fork server message of {size} bytes")
-    body = _recv_exact(sock, size)
-    if body is None:
-        return None
-    item = json.loads(body)
-    if not isinstance(item, dict):
-        raise ValueError("fork server message is not an object")
-    return item, fds
 
 
 # ---------------------------------------------------------------- parent side
@@ -238,7 +187,7 @@ class ForkServer:
         env["PYTHONPATH"] = str(Path(node.__file__).resolve().parent.parent)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONNOUSERSITE"] = "1"
-        argv = [self.python, "-P", "-X", "faulthandler", "-m", "node.executors.forkserver"]
+        argv = [self.python, "-P", "-X", "faulthandler", "-m", "node.executors.forkserver_process"]
         try:
             self._proc = subprocess.Popen(  # a fixed argv, never a shell
                 [*argv, str(theirs.fileno())],
@@ -310,164 +259,3 @@ class ForkServer:
     def _exit(child: ForkedChild, status: int) -> None:
         child.returncode = status
         child._exited.set()
-
-
-# ---------------------------------------------------------------- server side
-
-
-def _run_child(item: dict[str, Any], report_w: int, stderr_w: int) -> int:
-    """In the forked child: become the job's process, then run it."""
-    os.setsid()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(stderr_w, 1)
-    os.dup2(stderr_w, 2)
-    for fd in (devnull, stderr_w):
-        if fd > 2:
-            os.close(fd)
-    os.chdir(item["cwd"])
-    os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in item["env"].items()})
-    import tempfile
-
-    tempfile.tempdir = None  # TMPDIR is the job's own scratch folder now
-    from node.executors.child import run_job
-
-    channel = os.fdopen(report_w, "w", encoding="utf-8")
-    return run_job(item["request"], channel)
-
-
-def _serve(sock: socket.socket) -> None:
-    children: set[int] = set()
-    preloaded: set[str] = set()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # wake the loop; reaped below
-
-    def reap() -> None:
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            children.discard(pid)
-            _send(sock, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
-
-    try:
-        while True:
-            ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
-            if wake_r in ready:
-                os.read(wake_r, 4096)
-                reap()
-            if sock.fileno() not in ready:
-                continue
-            message = _recv(sock, with_fds=True)
-            if message is None:
-                break
-            item, fds = message
-            if len(fds) != 2:
-                for fd in fds:
-                    os.close(fd)
-                _send(sock, {"token": item.get("token"), "pid": 0})
-                continue
-            report_w, stderr_w = fds
-            request = item.get("request")
-            if isinstance(request, dict):
-                _preload(str(request.get("job_class", "")), preloaded)
-            pid = os.fork()
-            if pid == 0:  # the job child: never returns into this loop
-                code = 70
-                try:
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    sock.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    code = _run_child(item, report_w, stderr_w)
-                except BaseException:
-                    traceback.print_exc()
-                finally:
-                    sys.stderr.flush()
-                    os._exit(code)
-            os.close(report_w)
-            os.close(stderr_w)
-            children.add(pid)
-            _send(sock, {"token": item["token"], "pid": pid})
-            reap()
-    finally:
-        for pid in children:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-# Job classes whose task module the server imports (once, then freezes its heap again)
-# before it forks the first child of that class. Never llama.cpp or numpy: their
-# OpenMP/BLAS runtimes read OMP_NUM_THREADS once, when loaded, so llm children import it.
-PRELOAD: dict[str, tuple[str, ...]] = {
-    "media.probe": ("av", "node.executors.media"),
-    "media.thumbnail": ("av", "node.executors.media"),
-    "media.segment": ("av", "node.executors.media"),
-    "media.transcode": ("av", "node.executors.media", "node.executors.transcode"),
-}
-
-
-def _preload(job_class: str, loaded: set[str]) -> None:
-    """Import what children of `job_class` need, here, once (PyAV: ~80 ms a media child
-    would otherwise spend importing it). Lazily: PyAV's mappings (the server's RSS 23 ->
-    40 MB; 39 -> 63 MB when this was measured) made every fork of the server dearer
-    (fork + exit of a noop child 0.7 -> 2.8 ms), so a worker that runs only light jobs
-    never pays for it. FFmpeg takes its thread counts per codec context, not from the
-    environment, and starts no thread on import."""
-    missing = [m for m in PRELOAD.get(job_class, ()) if m not in loaded]
-    if not missing:
-        return
-    loaded.update(missing)  # tried once: a worker without PyAV still runs other classes
-    try:
-        for module in missing:
-            importlib.import_module(module)
-    except ImportError:
-        pass  # the child's own import then reports it as the job's error
-    gc.freeze()
-
-
-def preload_common() -> None:
-    """Import what every job child needs, once, in the server: an import in a forked
-    child costs its CPU for every job (tempfile alone, which `_run_child` resets, ~8 ms
-    per noop child). tests/worker/test_forkserver.py checks a noop child imports
-    nothing. Never the protocol package's Ethereum half (eth-account, py_ecc): no child
-    uses it, and it doubled the server's RSS (22 -> 45 MB), which every fork copies."""
-    import platform
-    import tempfile  # noqa: F401
-
-    import node.executors.child
-    import node.executors.errors
-    import node.executors.manifest
-    import node.executors.noop
-    import node.executors.runtime
-    import node.executors.sandbox
-    import node.executors.tasks  # noqa: F401
-
-    platform.uname()  # cached: every child's runtime fingerprint reads it
-
-
-def main() -> int:
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    preload_common()
-    # Measured per noop child: 11 ms of CPU with the task modules imported in the child,
-    # 3.3 ms with them imported here and the heap frozen (the child's collector then
-    # never walks, and so never copies, the pages it inherited).
-    gc.freeze()
-    try:
-        _serve(sock)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

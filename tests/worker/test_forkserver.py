@@ -239,8 +239,9 @@ def test_pyav_is_loaded_into_the_server_only_for_media_jobs(
 
 _CHILD_IMPORTS = """
 import json, os, sys
-from node.executors import forkserver
+from node.executors import forkserver_process as forkserver
 forkserver.preload_common()
+forkserver.warm_up()
 before = set(sys.modules)
 heavy = sorted(m for m in before if m.split(".")[0] in ("eth_account", "py_ecc", "web3"))
 item = json.loads(sys.stdin.read())
@@ -291,3 +292,69 @@ def test_a_noop_child_imports_nothing_the_server_did_not_preload(
     assert (out / "payload.txt").exists()  # the job really ran in the child
     assert report["imported"] == []
     assert report["heavy"] == []
+
+
+def test_the_server_loads_nothing_that_runs_in_every_child(server: ForkServer) -> None:
+    """A module the server loads is mapped in every fork, and `threading` and `random`
+    each register a handler that runs in every child (a child that only exits copied 64
+    pages without them, 205 with them): the running server has none of them, nor the
+    protocol package (a noop child needs none of it)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        "from node.executors import forkserver_process as f\n"
+        "f.preload_common(); f._settle_environment(); f.warm_up()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-P", "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(json.loads(proc.stdout))
+    assert "node.executors.child" in loaded  # it did preload the child's modules
+    for name in ("threading", "random", "subprocess", "tempfile", "protocol", "nacl"):
+        assert name not in loaded, name
+    # and the real server, started by the handle, runs that module, not the handle's
+    server.start()
+    assert server.pid is not None
+    cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"node.executors.forkserver_process" in cmdline
+
+
+_ENV_PROBE = """
+import json, os, sys
+from node.executors import forkserver_process as f
+f._settle_environment()
+os.environ["LEFT_OVER"] = "from the server"
+f._set_environment(json.loads(sys.argv[1]))
+print(json.dumps(dict(os.environ)), flush=True)
+os.execv("/usr/bin/env", ["env"])  # what a library or a grandchild would see
+"""
+
+
+def test_a_child_gets_exactly_the_jobs_environment(tmp_path: Path) -> None:
+    """The server changes only what differs from its own environment, but the result
+    is the job's environment, no more and no less, in os.environ and in the C one."""
+    import subprocess
+    import sys
+
+    from node.executors.sandbox import child_environment
+
+    env = child_environment({"PATH": "/usr/bin"}, threads=3, scratch=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-P", "-c", _ENV_PROBE, json.dumps(env)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, *rest = proc.stdout.splitlines()
+    assert json.loads(first) == env
+    assert dict(line.split("=", 1) for line in rest) == env
