@@ -345,8 +345,8 @@ class WorkerRole:
             execution = await trio.to_thread.run_sync(executor.start, request)
         self.lc.record_worker(job, "running")
         # Woken by the executor's monitor thread when the result is written, rather than
-        # parking a thread of ours in `wait`: a thread hand-off each way per job was
-        # ~8 % of a worker's CPU in the noop burst (bench/README.md, eleventh session).
+        # parking a thread of ours in `wait`: a `to_thread` round trip costs ~110 µs of
+        # CPU here (bench/README.md, eleventh session), and it took one per job.
         finished = trio.Event()
         token = trio.lowlevel.current_trio_token()
 

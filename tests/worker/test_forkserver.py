@@ -358,3 +358,37 @@ def test_a_child_gets_exactly_the_jobs_environment(tmp_path: Path) -> None:
     first, *rest = proc.stdout.splitlines()
     assert json.loads(first) == env
     assert dict(line.split("=", 1) for line in rest) == env
+
+
+def test_when_done_calls_back_once_whenever_it_is_registered(
+    server: ForkServer, make_spec: Any, tmp_path: Path
+) -> None:
+    """A callback registered while the job runs is called once, by the thread that
+    writes the result, after `done` is set; one registered afterwards is called at once."""
+    import threading
+
+    executor = ChildProcessExecutor("noop", fork_server=server)
+    spec = make_spec("noop", {"payload": "x", "duration_ms": 300})
+    execution = executor.start(ExecutionRequest(spec, {}, tmp_path / "out"))
+    calls: list[tuple[bool, bool]] = []
+    called = threading.Event()
+
+    def early() -> None:
+        calls.append(
+            (execution.done.is_set(), threading.current_thread() is threading.main_thread())
+        )
+        called.set()
+
+    assert execution._proc is not None
+    os.kill(execution._proc.pid, signal.SIGSTOP)  # it cannot finish while we register
+    execution.when_done(early)
+    assert not execution.done.is_set()
+    os.kill(execution._proc.pid, signal.SIGCONT)
+    assert called.wait(30)
+    result = executor.wait(execution, timeout=30)
+    assert result is not None
+    assert result.ok
+    late: list[bool] = []
+    execution.when_done(lambda: late.append(execution.done.is_set()))
+    assert calls == [(True, False)]  # once, after done, from the executor's thread
+    assert late == [True]  # at once, on the caller's thread
