@@ -141,6 +141,9 @@ class Store:
         # WAL + NORMAL: a commit is in the WAL before it returns, so it survives the
         # process being killed; FULL also waits for the disk, which survives power loss.
         self.db.execute(f"PRAGMA synchronous={sync.upper()}")
+        # Files the node writes beside the database (result folders) follow the same
+        # policy: synced to disk only when every commit is.
+        self.full_sync = sync == "full"
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=5000")
         # Checkpoints (the WAL copied back into the database file, with two disk syncs)

@@ -98,15 +98,18 @@ def build_manifest(
     return manifest
 
 
-def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> Path:
-    """Write result.json atomically (a temporary name in the same folder, then rename)."""
+def write_manifest(folder: Path, manifest: Mapping[str, Any], *, sync: bool = True) -> Path:
+    """Write result.json atomically (a temporary name in the same folder, then rename),
+    synced to disk first unless `sync` is false: then it survives the process being
+    killed, not a power loss (a disk sync cost ~0.45 ms of CPU here, per result)."""
     final = folder / MANIFEST_NAME
     tmp = folder / f".{MANIFEST_NAME}.tmp"
     with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True, allow_nan=False)
+        fh.write(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False))
         fh.write("\n")
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
     os.replace(tmp, final)
     return final
 

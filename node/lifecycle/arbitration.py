@@ -171,6 +171,7 @@ class Arbitration:
                 reveal.manifest,
                 work / did[-16:],
                 lambda f: verify_result(template, f, inputs=inputs),
+                sync=lc.node.store.full_sync,
             )
             assert report is not None
             if report.passed and did in eth_of:

@@ -856,7 +856,14 @@ class ClientRole:
         in the same thread, `check` it)."""
         msg = _reveal(slot)
         folder = self.results_root / job_id_text(job_id) / str(msg.attempt) / slot.did[-16:]
-        return await materialize(self.lc.node.blobs, slot.peer, msg.manifest, folder, check)
+        return await materialize(
+            self.lc.node.blobs,
+            slot.peer,
+            msg.manifest,
+            folder,
+            check,
+            sync=self.lc.node.store.full_sync,
+        )
 
     async def _verify(
         self,

@@ -44,6 +44,8 @@ async def materialize(
     manifest: dict[str, Any],
     folder: Path,
     check: Callable[[Path], T] | None = None,
+    *,
+    sync: bool = True,
 ) -> tuple[Path, T | None]:
     """Fetch every artifact of `manifest` from `peer` into a fresh `folder` with the
     manifest beside them; a name that is not a plain file name is a peer error.
@@ -51,7 +53,8 @@ async def materialize(
     `check`, if given, runs on the laid-out folder in the same worker thread (one thread
     hop per result instead of two: each hop cost the busy client an event-loop turn and
     a few context switches) and its result comes back with the folder. An exception it
-    raises propagates as it would from its own call."""
+    raises propagates as it would from its own call. `sync`: result.json synced to disk
+    (a node passes its storage policy: the folder can be rebuilt from the evidence)."""
     fetched: list[tuple[Path, str]] = []
     for artifact in manifest.get("artifacts", []):
         name = str(artifact["name"])
@@ -66,7 +69,7 @@ async def materialize(
         _fresh(folder)
         for path, name in fetched:
             shutil.copyfile(path, folder / name)
-        write_manifest(folder, manifest)
+        write_manifest(folder, manifest, sync=sync)
 
     def lay_out_and_check() -> T | None:
         lay_out()

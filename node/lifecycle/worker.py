@@ -312,7 +312,12 @@ class WorkerRole:
         # The registry's executor: its children fork from this worker's fork server.
         executor = get_executor(offer.spec.job_class)
         request = ExecutionRequest(
-            offer.spec, inputs, out, attempt=offer.attempt, nice=self.lc.settings.job_nice
+            offer.spec,
+            inputs,
+            out,
+            attempt=offer.attempt,
+            nice=self.lc.settings.job_nice,
+            sync=self.lc.node.store.full_sync,  # result.json as durable as the database
         )
         # at most max_concurrent executor children at once; a queued job keeps heartbeating
         while True:

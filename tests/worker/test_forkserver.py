@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from node.executors import MANIFEST_NAME, ExecutionRequest
-from node.executors.base import ChildProcessExecutor
+from node.executors.base import SCRATCH_NAME, ChildProcessExecutor
 from node.executors.forkserver import ForkedChild, ForkServer
 
 
@@ -392,3 +392,28 @@ def test_when_done_calls_back_once_whenever_it_is_registered(
     execution.when_done(lambda: late.append(execution.done.is_set()))
     assert calls == [(True, False)]  # once, after done, from the executor's thread
     assert late == [True]  # at once, on the caller's thread
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_result_json_is_synced_only_when_asked(
+    server: ForkServer, make_spec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    """A node whose database is not synced to disk (storage.sync = "normal") does not
+    sync its result folders either: a disk sync cost ~0.45 ms of CPU per result here."""
+    import node.executors.manifest as manifest_module
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(manifest_module.os, "fsync", counting_fsync)
+    executor = ChildProcessExecutor("noop", fork_server=server)
+    out = tmp_path / "out"
+    result = executor.run(ExecutionRequest(make_spec("noop", {"payload": "x"}), {}, out, sync=sync))
+    assert result.ok, result.manifest["error"]
+    assert json.loads((out / MANIFEST_NAME).read_text()) == result.manifest
+    assert not (out / SCRATCH_NAME).exists()  # the scratch folder is gone either way
+    assert len(synced) == (1 if sync else 0)
