@@ -211,9 +211,8 @@ def preload_common() -> None:
     needs it). tests/worker/test_forkserver.py checks a noop child imports nothing. Never
     the protocol package (the parent writes the manifest): no child uses it, and its
     Ethereum half (eth-account, py_ecc) doubled the server's RSS (22 -> 45 MB), which
-    every fork copies. Nor `threading` or
-    `random`: each registers a handler that runs in every forked child (64 -> 205 pages
-    copied by a child that only exits)."""
+    every fork copies. Nor `threading` or `random`: each registers a handler that runs
+    in every forked child (64 -> 205 pages copied by a child that only exits)."""
     import platform
 
     import node.executors.child
@@ -238,8 +237,7 @@ def _settle_environment() -> None:
     from node.executors.sandbox import child_environment
 
     typical = child_environment(os.environ, threads=1, scratch=Path("/"))
-    for key in ("PYTHONPATH",):
-        os.environ.pop(key, None)
+    os.environ.pop("PYTHONPATH", None)
     for key, value in typical.items():
         if key in _SETTLED or key.endswith("_NUM_THREADS"):
             os.environ[key] = value
@@ -291,9 +289,9 @@ def main() -> int:
     preload_common()
     _settle_environment()
     warm_up()
-    # Measured per noop child: 11 ms of CPU with the task modules imported in the child,
-    # 3.3 ms with them imported here and the heap frozen (the child's collector then
-    # never walks, and so never copies, the pages it inherited).
+    # The heap frozen: a child's collector then never walks, and so never copies, the
+    # pages it inherited (a noop child: 11 ms of CPU with the task modules imported in
+    # the child; ~3.3 ms now, bench/README.md, eleventh session).
     gc.freeze()
     try:
         _serve(sock)
