@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["CpuMeter", "idle_fraction", "process_cpu_s"]
+__all__ = ["CpuMeter", "idle_fraction"]
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
@@ -35,12 +35,6 @@ def _stat(pid: int) -> tuple[int, float] | None:
         return None
     f = text.rsplit(")", 1)[1].split()  # the name may hold spaces and parentheses
     return int(f[1]), (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) * _TICK_S
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """CPU seconds of a process and of the children it has waited for; None if gone."""
-    stat = _stat(pid)
-    return None if stat is None else stat[1]
 
 
 class CpuMeter:

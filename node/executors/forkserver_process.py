@@ -225,22 +225,13 @@ def preload_common() -> None:
     platform.uname()  # cached: every child's runtime fingerprint reads it
 
 
-# Job environment variables whose value is the same for nearly every job
-# (sandbox.child_environment): set in the server once, a child only changes the others.
-_SETTLED = ("MALLOC_ARENA_MAX", "SVT_LOG", "GGML_NO_BACKTRACE", "PYTHONDONTWRITEBYTECODE")
-
-
 def _settle_environment() -> None:
-    """The server's own environment, made like a job's: nothing it has read at start-up
-    (PYTHONPATH went into sys.path) and the constant job variables. The server loads no
-    thread pool, so the thread variables are set to one only for the diff."""
+    """Give the server a typical job's environment (one thread, scratch at /), so that a
+    child changes only its own folders and thread count. Nothing here reads it again:
+    PYTHONPATH went into sys.path at start-up, and the server loads no thread pool."""
     from node.executors.sandbox import child_environment
 
-    typical = child_environment(os.environ, threads=1, scratch=Path("/"))
-    os.environ.pop("PYTHONPATH", None)
-    for key, value in typical.items():
-        if key in _SETTLED or key.endswith("_NUM_THREADS"):
-            os.environ[key] = value
+    _set_environment(child_environment(os.environ, threads=1, scratch=Path("/")))
 
 
 def warm_up(rounds: int = 16) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +16,7 @@ from node.executors.base import ChildProcessExecutor, Executor
 from protocol import codec
 from protocol.errors import UserError
 from protocol.jobs import JOB_CLASSES
-from tests.worker.helpers import listing
+from tests.worker.helpers import freeze, listing
 
 # A small valid job of every class: (params, {input name: fixture name}).
 VALID_JOBS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
@@ -97,20 +95,12 @@ def test_wait_returns_the_same_result_every_time(
     assert first.ok
 
 
-def _freeze(execution: Any) -> None:
-    """Stop the job's child (SIGSTOP) so that only the executor can end it: a forked child
-    of a small job can finish within a millisecond or two of `start` on a fast host. The
-    executor's SIGKILL still ends a stopped process, so its own path is what is tested."""
-    assert execution._proc is not None
-    os.kill(execution._proc.pid, signal.SIGSTOP)
-
-
 def test_cancel_stops_the_job(job: Any, tmp_path: Path, executors: Mapping[str, Executor]) -> None:
     spec, inputs = job
     executor = executors[spec.job_class]
     out = tmp_path / "out"
     execution = executor.start(ExecutionRequest(spec, inputs, out))
-    _freeze(execution)  # so the job cannot finish before the cancel lands
+    freeze(execution)  # so the job cannot finish before the cancel lands
     executor.cancel(execution)
     executor.cancel(execution)  # idempotent
     result = executor.wait(execution, timeout=30)
@@ -130,7 +120,7 @@ def test_wall_clock_timeout_kills_the_child(
     started = time.monotonic()
     executor = executors[spec.job_class]
     execution = executor.start(ExecutionRequest(spec, inputs, out, timeout_s=0.01))
-    _freeze(execution)  # a forked thumbnail can finish inside 10 ms on a fast host (CI did)
+    freeze(execution)  # a forked thumbnail can finish inside 10 ms on a fast host (CI did)
     result = executor.wait(execution, timeout=30)
     assert result is not None
     assert result.error_code == "timeout"

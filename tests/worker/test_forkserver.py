@@ -16,6 +16,7 @@ import pytest
 from node.executors import MANIFEST_NAME, ExecutionRequest
 from node.executors.base import SCRATCH_NAME, ChildProcessExecutor
 from node.executors.forkserver import ForkedChild, ForkServer
+from tests.worker.helpers import freeze
 
 
 def _exits_within(pidfd: int, limit_s: float = 10.0) -> bool:
@@ -379,8 +380,7 @@ def test_when_done_calls_back_once_whenever_it_is_registered(
         )
         called.set()
 
-    assert execution._proc is not None
-    os.kill(execution._proc.pid, signal.SIGSTOP)  # it cannot finish while we register
+    freeze(execution)  # it cannot finish while we register
     execution.when_done(early)
     assert not execution.done.is_set()
     os.kill(execution._proc.pid, signal.SIGCONT)
