@@ -1,6 +1,14 @@
 # c0 — every target sets itself up from the project's own files on a fresh clone.
 PY      := .venv/bin/python
-VENV_OK := .venv/.installed
+# The interpreter .venv is built on: the distribution's CPython 3.11 where there is one.
+# Debian's is built with profile-guided optimisation and LTO and linked statically; a
+# pyenv build (the first python3 on these machines' PATH) is neither, and the swarm
+# spent ~10 % more CPU per job on it (bench/README.md, twelfth session). BASE_PY=...
+# picks another; a .venv built on a different interpreter is rebuilt.
+SYSTEM_PATH := $(PATH)
+BASE_PY ?= $(shell PATH='$(SYSTEM_PATH)'; for p in /usr/bin/python3.11 python3.11 python3; do \
+	q=$$(command -v $$p) && { echo $$q; break; }; done)
+VENV_OK := .venv/.installed-$(notdir $(BASE_PY))
 SPEEDUPS := .venv/.speedups
 ANVIL   := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
@@ -10,7 +18,10 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 all: test
 
 $(VENV_OK): requirements.lock pyproject.toml
-	test -x $(PY) || python3 -m venv .venv
+	@base=$$($(BASE_PY) -c 'import os, sys; print(os.path.realpath(sys.executable))'); \
+	if [ -x $(PY) ] && [ "$$($(PY) -c 'import os, sys; print(os.path.realpath(sys._base_executable))')" != "$$base" ]; then \
+		echo "make: .venv was built on another interpreter; rebuilding it on $$base"; rm -rf .venv; fi
+	test -x $(PY) || $(BASE_PY) -m venv .venv
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --upgrade >/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9
 	.venv/bin/uv pip install --python $(PY) --quiet --compile-bytecode -r requirements.lock
