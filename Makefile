@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 # The interpreter .venv is built on: the distribution's CPython 3.11 where there is one.
 # Debian's is built with profile-guided optimisation and LTO and linked statically; a
 # pyenv build (the first python3 on these machines' PATH) is neither, and the swarm
-# spent ~10 % more CPU per job on it (bench/README.md, twelfth session). BASE_PY=...
+# spent 15-20 % more CPU per job on it (bench/README.md, twelfth session). BASE_PY=...
 # picks another; a .venv built on a different interpreter is rebuilt.
 SYSTEM_PATH := $(PATH)
 BASE_PY ?= $(shell PATH='$(SYSTEM_PATH)'; for p in /usr/bin/python3.11 python3.11 python3; do \
