@@ -10,6 +10,7 @@ storage cost included.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -34,10 +35,20 @@ def main() -> dict[str, Any]:
     client.deposit(10**21)
     for w in wclients:
         w.stake(10**19)
-        w.approve_stake(client_acct.address, 10**19)
+    by_address = {w.account.address.lower(): w for w in wclients}
     counter = [0]
 
-    def batch(n: int, *, workers_per_job: int = 1, quorum: int = 1) -> list[S.EscrowTerms]:
+    def consented(t: S.EscrowTerms) -> S.EscrowTerms:
+        """Each worker's signed Consent to a job it locks stake in (what `open` checks)."""
+        sigs = tuple(
+            by_address[a.worker.lower()].sign_consent(t, i) if a.stake_lock else b""
+            for i, a in enumerate(t.assignments)
+        )
+        return dataclasses.replace(t, consents=sigs)
+
+    def batch(
+        n: int, *, workers_per_job: int = 1, quorum: int = 1, lock: int = 10**15
+    ) -> list[S.EscrowTerms]:
         now = chain.now()
         common = S.Common(
             client=client_acct.address,
@@ -54,10 +65,8 @@ def main() -> dict[str, Any]:
             jid = hashlib.sha256(b"bench job %d" % counter[0]).digest()
             first = counter[0] % WORKERS
             chosen = [workers[(first + k) % WORKERS] for k in range(workers_per_job)]
-            assignments = tuple(
-                S.Assignment(w.address, 10**15 + counter[0], 10**15) for w in chosen
-            )
-            out.append(S.EscrowTerms(jid, common, assignments))
+            assignments = tuple(S.Assignment(w.address, 10**15 + counter[0], lock) for w in chosen)
+            out.append(consented(S.EscrowTerms(jid, common, assignments)))
         return out
 
     def release(terms: list[S.EscrowTerms]) -> int:
@@ -81,6 +90,12 @@ def main() -> dict[str, Any]:
         str(n): round((steps["open"][str(n)] + steps["release"][str(n)]) / n) for n in BATCHES
     }
 
+    # the same batches without a stake lock: no consent to check (what consent costs)
+    no_lock = {}
+    for n in BATCHES:
+        gas, terms = opened(batch(n, lock=0))
+        no_lock[str(n)] = round((gas + release(terms)) / n)
+
     # a long run: 6 rounds of 50, everything included (the bitmap word for seq 256 is new)
     long_gas = 0
     for _ in range(6):
@@ -102,19 +117,23 @@ def main() -> dict[str, Any]:
         by_addr[a.worker].reveal(job, r, salt).gas_used
         for a, r in zip(job.assignments, results, strict=True)
     ]
-    chain.advance_time(3600)
+    chain.advance_time(3600 + S.DEV_CHALLENGE_PERIOD)
     steps["commit"] = commits[1]  # a warm, typical one; the first also pays for cold slots
     steps["reveal"] = reveals[1]
     steps["claim"] = by_addr[job.assignments[0].worker].claim(job, good).gas_used
 
     _, (job,) = opened(batch(1))
-    chain.advance_time(7201)
+    chain.advance_time(7201 + S.DEV_CHALLENGE_PERIOD)
     steps["refund"] = client.refund(job).gas_used
 
     _, (job,) = opened(batch(1, workers_per_job=2))
     steps["dispute"] = client.dispute(job).gas_used
     arb = EscrowClient(chain, client.address, arbiter)
     steps["resolve"] = arb.resolve(job, [job.assignments[0].payout, 0], [0, 10**15]).gas_used
+    _, (job,) = opened(batch(1, workers_per_job=2))
+    client.dispute(job)
+    chain.advance_time(7200 + S.DEV_CHALLENGE_PERIOD + S.DEV_RULING_PERIOD)
+    steps["lapse"] = client.lapse(job).gas_used
     steps["deposit"] = client.deposit(10**18).gas_used
     steps["withdraw"] = client.withdraw(10**18).gas_used
 
@@ -131,6 +150,9 @@ def main() -> dict[str, Any]:
         "release_one": steps["release"]["1"],
         "release_batched": steps["release"],
         "gas_per_job_open_plus_release": per_job,
+        "gas_per_job_without_stake_lock": no_lock,
+        "consent_cost_per_job_at_50": per_job["50"] - no_lock["50"],
+        "lapse": steps["lapse"],
         "commit": steps["commit"],
         "reveal": steps["reveal"],
         "claim": steps["claim"],

@@ -40,7 +40,11 @@ def typical_offer(client: Identity) -> Offer:
         escrow="0x" + "5f" * 20,
         arbiter="0x" + "a1" * 20,
         client_eth=client.eth_address,
+        client_eth_sig=client.eth_binding().eth_sig,
         input_providers=(client.peer_id,),
+        stake_lock=10**14,
+        escrow_commit_deadline=NOW // 1000 + 300,
+        escrow_deadline=NOW // 1000 + 600,
     )
 
 

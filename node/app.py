@@ -18,6 +18,7 @@ import trio
 
 from node.blobstore import BlobStore
 from node.config import NodeConfig
+from node.home import prepare_home
 from node.net.blobs import BLOB_PROTOCOL, BlobService
 from node.net.caps import CAPS_TOPIC, Action, CapsBook, KnownWorker, Verdict
 from node.net.negotiate import NEGOTIATE_PROTOCOL, Handler, Negotiator
@@ -77,7 +78,7 @@ class Node:
         self.identity = identity
         self.config = config
         self.home = Path(home)
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_home(self.home)  # owner-only, with its blobs/, work/, results/ folders
         if transport is None:
             from node.net.host import Libp2pTransport  # imports libp2p: only when needed
 
@@ -243,17 +244,36 @@ class Node:
         return self.book.live(now_ms())
 
     def _validate_gossip(self, data: bytes, origin: str, forwarder: str) -> Verdict:
+        """The topic validator: where a peer's gossip enters the node. An exception nobody
+        raised on purpose while checking it rejects the message (`bad_request`, the
+        forwarder penalised) instead of reaching the gossip stack; one in what follows an
+        accepted ad (storing it, dialling, the `on_ad` hooks) is logged, not penalised."""
         if origin == self.peer_id:
             return Verdict(Action.ACCEPT)  # our own publish
         now = now_ms()
-        verdict = self.book.validate(data, origin, now)
+        try:
+            verdict = self.book.validate(data, origin, now)
+            if verdict.action is Action.ACCEPT:
+                assert verdict.signed is not None
+                worker = self.book.accept(verdict.signed, now)
+        except Exception as exc:  # not trio.Cancelled, not KeyboardInterrupt: BaseException
+            name = type(exc).__name__
+            log.warning(
+                "gossip from %s (origin %s) raised %s", forwarder, origin, name, exc_info=exc
+            )
+            verdict = Verdict(Action.REJECT, "bad_request", f"checking it raised {name}")
         if verdict.action is Action.REJECT:
             self.penalise(forwarder, verdict.reason)
             return verdict
         if verdict.action is Action.IGNORE:
             return verdict
-        assert verdict.signed is not None
-        worker = self.book.accept(verdict.signed, now)
+        try:
+            self._on_accepted_ad(worker, now)
+        except Exception as exc:
+            log.warning("after the ad of %s: %s", worker.did, type(exc).__name__, exc_info=exc)
+        return verdict
+
+    def _on_accepted_ad(self, worker: KnownWorker, now: int) -> None:
         ad = worker.ad
         # Ads are soft state (they expire and are re-learnt): written after this returns,
         # in one commit with the others that arrived meanwhile, so no disk sync sits
@@ -269,8 +289,10 @@ class Node:
         if ad.listen_addrs and ad.peer_id not in self.transport.connected_peers():
             self.connect_soon(ad.listen_addrs[0], peer_id=ad.peer_id)
         for hook in self.on_ad:
-            hook(worker)
-        return verdict
+            try:
+                hook(worker)
+            except Exception as exc:  # one hook's failure neither stops the others nor the node
+                log.warning("on_ad hook %r raised %s", hook, type(exc).__name__, exc_info=exc)
 
     async def _ad_saver(self) -> None:
         while True:

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 import trio
 
+from node.home import private_dir
 from node.store import Store
 from protocol.errors import UserError
 
@@ -53,7 +54,8 @@ class BlobStore:
         self.root = root
         self.store = store
         self.partial_dir = root / "partial"
-        self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(root, parents=True)  # blobs hold jobs' inputs and results: owner-only
+        private_dir(self.partial_dir)
 
     def path_of(self, sha256: bytes) -> Path:
         if len(sha256) != 32:

@@ -82,6 +82,11 @@ class BlobConfig:
     chunk_size: int = _opt(4194304, "bytes per data frame")
     max_blob_size: int = _opt(8 * 1024**3, "largest blob served or fetched")
     read_timeout_s: float = _opt(30.0, "limit on every read of a transfer")
+    min_rate_bytes_s: int = _opt(
+        262144,
+        "slowest transfer accepted (bytes/s): a fetch of N bytes must end within"
+        " negotiate.request_timeout_s + N / this",
+    )
     max_streams_per_peer: int = _opt(4, "concurrent inbound blob streams per peer")
 
 

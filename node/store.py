@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from node.home import private_file
 from protocol.envelope import MAX_TTL_MS, SignedMessage, envelope_hash, open_envelope, seal
 from protocol.errors import LocalProtocolError, UserError
 from protocol.identity import Identity
@@ -136,6 +137,11 @@ class Store:
             raise UserError(f"storage sync must be 'normal' or 'full', not {sync!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # The database holds prompts and results: owner-only. SQLite gives the -wal and
+        # -shm files it makes the database file's mode, so they are 0600 too.
+        for existing in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+            if existing == path or existing.exists():
+                private_file(existing)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a commit is in the WAL before it returns, so it survives the

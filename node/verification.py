@@ -1,4 +1,8 @@
-"""Run the verification checks of protocol.verify on a result folder (the I/O half)."""
+"""Run the verification checks of protocol.verify on a result folder (the I/O half).
+
+Media files are demuxed and decoded in a check child under the job's own limits
+(node/executors/checks.py), never in this process: a result is untrusted input.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from node.executors.checks import CheckLimits, Media, probe_files, psnr
 from node.executors.errors import ExecutorError
 from node.executors.manifest import MANIFEST_NAME, hash_file, read_manifest
 from protocol.jobs import JobTemplate
@@ -54,13 +59,30 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _probe(path: Path | bytes, what: str) -> dict[str, Any] | Check:
-    from node.media_probe import probe_media
+class _ProbeFailed(Exception):
+    """A check child failed as a whole (its limits, a crash): the check that needed it fails."""
 
+    def __init__(self, check: Check) -> None:
+        super().__init__(check.detail)
+        self.check = check
+
+
+def _probe_all(items: list[tuple[Media, str]], limits: CheckLimits) -> list[dict[str, Any]] | Check:
+    """Probe `items` (file, what) in one check child: every one's facts, or the failed
+    `probe` check of the first that is not readable media. A child that fails as a whole
+    raises _ProbeFailed."""
     try:
-        return probe_media(path, what=what)
+        results = probe_files(items, limits)
     except ExecutorError as exc:
-        return fail("probe", f"{what}: {exc.message}")
+        raise _ProbeFailed(fail("probe", exc.message)) from None
+    probes: list[dict[str, Any]] = []
+    for result, (_, what) in zip(results, items, strict=False):
+        if not isinstance(result, dict):
+            return fail("probe", f"{what}: {result.message}")
+        probes.append(result)
+    if len(probes) < len(items):
+        return fail("probe", "the check child reported fewer probes than it was given")
+    return probes
 
 
 def verify_result(
@@ -90,13 +112,15 @@ def verify_result(
             return Report.of(checks)
     names = [str(a["name"]) for a in artifacts]
     cls = template.job_class
+    limits = CheckLimits.for_job(template.limits)
     try:
         if cls == "noop":
             checks.append(check_noop(params, artifacts))
         elif cls == "llm.generate":
             checks += _verify_llm(params, manifest, inputs.get("model"), compare)
         else:
-            checks += _verify_media(cls, params, folder, names, inputs.get("source"), compare)
+            media = _verify_media(cls, params, folder, names, inputs.get("source"), compare, limits)
+            checks += media
     except (OSError, ValueError, KeyError, TypeError) as exc:
         checks.append(fail("result", f"unreadable result: {exc}"))
     return Report.of(checks)
@@ -119,13 +143,6 @@ def _check_spec(template: JobTemplate, manifest: Mapping[str, Any]) -> Check:
     return passed("job", f"job {spec.job_id_text} with the requested parameters")
 
 
-def _source_probe(source: Path | None) -> dict[str, Any] | None:
-    if source is None:
-        return None
-    probe = _probe(source, "source")
-    return probe if isinstance(probe, dict) else None
-
-
 def _verify_media(
     cls: str,
     params: Mapping[str, Any],
@@ -133,50 +150,72 @@ def _verify_media(
     names: list[str],
     source_path: Path | None,
     compare: Path | None,
+    limits: CheckLimits,
 ) -> list[Check]:
-    source = _source_probe(source_path)
+    source: dict[str, Any] | None = None
     checks: list[Check] = []
-    if source_path is not None and source is None:
-        return [fail("source", "the given source is not readable media")]
-    if source is None:
+    if source_path is not None:
+        try:
+            probes = _probe_all([(source_path, "source")], limits)
+        except _ProbeFailed as exc:
+            return [fail("source", f"the given source cannot be probed: {exc.check.detail}")]
+        if not isinstance(probes, list):
+            return [fail("source", "the given source is not readable media")]
+        source = probes[0]
+    else:
         checks.append(skipped("source", "no --input source given: source-relative checks skipped"))
+    try:
+        return checks + _verify_artifacts(cls, params, folder, names, source, compare, limits)
+    except _ProbeFailed as exc:
+        return [*checks, exc.check]
+
+
+def _verify_artifacts(
+    cls: str,
+    params: Mapping[str, Any],
+    folder: Path,
+    names: list[str],
+    source: dict[str, Any] | None,
+    compare: Path | None,
+    limits: CheckLimits,
+) -> list[Check]:
     if cls == "media.probe":
-        return checks + check_probe(_read_json(folder / "probe.json"), source)
+        return check_probe(_read_json(folder / "probe.json"), source)
     if cls == "media.thumbnail":
         image = [n for n in names if n.startswith("thumbnail.")]
         if len(image) != 1:
-            return [*checks, fail("image", "no thumbnail artifact")]
-        probe = _probe(folder / image[0], "thumbnail")
-        if not isinstance(probe, dict):
-            return [*checks, probe]
-        return checks + check_thumbnail(params, probe, source)
+            return [fail("image", "no thumbnail artifact")]
+        probes = _probe_all([(folder / image[0], "thumbnail")], limits)
+        if not isinstance(probes, list):
+            return [probes]
+        return check_thumbnail(params, probes[0], source)
     if cls == "media.segment":
         if "segments.json" not in names:
-            return [*checks, fail("listing", "no segments.json")]
+            return [fail("listing", "no segments.json")]
         listing = _read_json(folder / "segments.json")
-        probes: list[dict[str, Any]] = []
-        for name in sorted(n for n in names if n != "segments.json"):
-            probe = _probe(folder / name, name)
-            if not isinstance(probe, dict):
-                return [*checks, probe]
-            probes.append(probe)
-        return checks + check_segments(params, listing, probes, names, source)
-    return checks + _verify_transcode(params, folder, names, source, compare)
+        items: list[tuple[Media, str]] = [
+            (folder / name, name) for name in sorted(n for n in names if n != "segments.json")
+        ]
+        probes = _probe_all(items, limits)
+        if not isinstance(probes, list):
+            return [probes]
+        return check_segments(params, listing, probes, names, source)
+    return _verify_transcode(params, folder, names, source, compare, limits)
 
 
-def _rendition(folder: Path, names: list[str]) -> tuple[Any, list[bytes | Path]]:
-    """The parsed playlist and each segment as something PyAV can open by itself."""
+def _rendition(folder: Path, names: list[str]) -> tuple[Any, list[list[Path]]]:
+    """The parsed playlist and each segment as the parts PyAV opens it from (the init
+    section and the segment for fMP4; the check child joins them)."""
     playlist_name = "index.m3u8"
     if playlist_name not in names:
         raise ValueError("no index.m3u8 artifact")
     playlist = parse_playlist((folder / playlist_name).read_text(encoding="utf-8"))
-    init = (folder / playlist.init).read_bytes() if playlist.init in names else None
-    segments: list[bytes | Path] = []
+    init = [folder / playlist.init] if playlist.init in names else []
+    segments: list[list[Path]] = []
     for uri, _ in playlist.segments:
         if uri not in names:
             break  # the references check reports it
-        path = folder / uri
-        segments.append(path if init is None else init + path.read_bytes())
+        segments.append([*init, folder / uri])
     return playlist, segments
 
 
@@ -186,21 +225,23 @@ def _verify_transcode(
     names: list[str],
     source: dict[str, Any] | None,
     compare: Path | None,
+    limits: CheckLimits,
 ) -> list[Check]:
     try:
         playlist, segments = _rendition(folder, names)
     except (PlaylistError, ValueError) as exc:
         return [fail("playlist", str(exc))]
     checks = [passed("playlist", f"VOD playlist, {len(playlist.segments)} segment(s)")]
-    probes: list[dict[str, Any]] = []
-    for i, segment in enumerate(segments):
-        probe = _probe(segment, f"segment {i}")
-        if not isinstance(probe, dict):
-            return [*checks, probe]
-        probes.append(probe)
+    items: list[tuple[Media, str]] = [(seg, f"segment {i}") for i, seg in enumerate(segments)]
+    try:
+        probes = _probe_all(items, limits)
+    except _ProbeFailed as exc:
+        return [*checks, exc.check]
+    if not isinstance(probes, list):
+        return [*checks, probes]
     checks += check_transcode(params, playlist, "index.m3u8", probes, names, source)
     if compare is not None:
-        checks.append(_compare_renditions(folder, compare, segments))
+        checks.append(_compare_renditions(folder, compare, segments, limits))
     return checks
 
 
@@ -214,9 +255,9 @@ def _same_work(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
     return same and pa == pb and theirs.get("error") is None
 
 
-def _compare_renditions(folder: Path, other: Path, segments: list[bytes | Path]) -> Check:
-    from node.media_probe import frame_psnr
-
+def _compare_renditions(
+    folder: Path, other: Path, segments: list[list[Path]], limits: CheckLimits
+) -> Check:
     mine, theirs = read_manifest(folder), read_manifest(other)
     if not _same_work(mine, theirs):
         return fail("compare", "the other result is not a successful run of the same work")
@@ -229,11 +270,9 @@ def _compare_renditions(folder: Path, other: Path, segments: list[bytes | Path])
     names = [str(x["name"]) for x in theirs["artifacts"]]
     try:
         _, their_segments = _rendition(other, names)
-        values: list[float] = []
         if len(their_segments) != len(segments):
             return fail("psnr", "the renditions have different segment counts")
-        for a_seg, b_seg in zip(segments, their_segments, strict=True):
-            values += frame_psnr(a_seg, b_seg)
+        values = psnr(segments, their_segments, limits)  # decoded in a check child
     except (PlaylistError, ValueError, OSError) as exc:
         return fail("psnr", f"cannot compare: {exc}")
     except ExecutorError as exc:

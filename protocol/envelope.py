@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -68,45 +69,181 @@ class SignedMessage:
         return self.header.sender
 
 
-class ReplayGuard:
-    """Remembers (sender, nonce) until the message expires; bounded in memory.
+# Order keys: (created, lifetime) packed in one int, so that one comparison orders two
+# messages of a sender by `created`, then by `expires`. A lifetime is < 2**27 ms (37 h).
+_LIFE_BITS = 27
+_LIFE_MASK = (1 << _LIFE_BITS) - 1
 
-    A message older than the guard's memory would be accepted again, so the guard
-    refuses messages it could not have remembered: its `capacity` bounds memory, and
-    when full it evicts the entry that expires first and raises its `floor` — messages
-    expiring at or before the floor are rejected as replays.
+
+def _expiry(key: int) -> int:
+    return (key >> _LIFE_BITS) + (key & _LIFE_MASK)
+
+
+_NEVER = 1 << 62  # ms: later than any `expires`
+
+
+class _Sender:
+    """One sender's memory: nonces (oldest first) with their order keys, and a floor."""
+
+    __slots__ = ("due", "floor", "horizon", "seen")
+
+    def __init__(self, expires: int) -> None:
+        self.seen: OrderedDict[bytes, int] = OrderedDict()  # nonce -> order key
+        self.floor = -1  # order key: this sender's messages at or below it are refused
+        self.horizon = expires  # the latest `expires` ever remembered: nothing after it
+        self.due = _NEVER  # when the oldest nonce remembered expires (_NEVER: none yet)
+
+    def refresh_due(self) -> None:
+        seen = self.seen
+        self.due = _expiry(next(iter(seen.values()))) if seen else _NEVER
+
+
+class ReplayGuard:
+    """Remembers (sender, nonce) until the message expires; bounded in memory, per sender.
+
+    The rule is spec/envelope.md, § Replay guard. When the guard must forget a message
+    before it expires, it forgets one of that *sender's* oldest and raises the sender's
+    floor (an order key: `created`, then `expires`) over it: the sender's messages at or
+    below its floor are refused as replays. An honest sender's later messages are above
+    its floor, and no other sender's are judged by it, so nothing one sender (or many)
+    sends can get another's fresh message refused.
+
+    Bounds: `capacity` nonces in all; `per_sender` nonces per sender (one that sends more
+    forgets its own oldest); `max_senders` senders. Past `capacity`, the senders holding
+    the most nonces forget their oldest, down to a common level (each keeps at least its
+    newest (capacity - capacity // 8) // max_senders). Past `max_senders`, senders whose
+    messages have all expired are dropped, then those whose messages expire soonest are
+    forgotten whole (`forgotten` counts them): until they expire, their messages would be
+    accepted again, which on /c0/negotiate only they themselves could do (the signer must
+    be the stream's peer). `floor` refuses what expires at or before a nonce already
+    dropped as expired (never later than `now`), in case the caller's clock steps back.
     """
 
-    def __init__(self, capacity: int = 100_000) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+    def __init__(
+        self,
+        capacity: int = 100_000,
+        *,
+        per_sender: int | None = None,
+        max_senders: int = 1_000,
+    ) -> None:
+        if capacity < 1 or max_senders < 1 or (per_sender is not None and per_sender < 1):
+            raise ValueError("capacity, per_sender and max_senders must be at least 1")
         self.capacity = capacity
-        self.floor = 0
-        self._seen: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self.per_sender = max(1, capacity // 4) if per_sender is None else per_sender
+        self.max_senders = max_senders
+        self.floor = 0  # `expires` at or below it: refused (pruned as expired already)
+        self.forgotten = 0  # senders forgotten whole while their messages were unexpired
+        self._size = 0
+        self._senders: dict[str, _Sender] = {}
 
     def __len__(self) -> int:
-        return len(self._seen)
+        """Nonces remembered, all senders together (at most `capacity`)."""
+        return self._size
 
-    def check_and_remember(self, sender: str, nonce: bytes, expires: int, now: int) -> None:
-        key = (sender, nonce)
-        if key in self._seen or expires <= self.floor:
-            raise PeerProtocolError("replayed", "nonce already seen")
-        self._prune(now)
-        if len(self._seen) >= self.capacity:
-            evicted_key = min(self._seen, key=self._seen.__getitem__)
-            self.floor = max(self.floor, self._seen.pop(evicted_key))
-            if expires <= self.floor:
-                raise PeerProtocolError("replayed", "older than the replay window")
-        self._seen[key] = expires
+    @property
+    def senders(self) -> int:
+        """Senders tracked (at most `max_senders`)."""
+        return len(self._senders)
 
-    def _prune(self, now: int) -> None:
-        # Entries are inserted roughly in expiry order; drop expired ones from the front.
-        while self._seen:
-            key, expires = next(iter(self._seen.items()))
-            if expires > now:
+    def check_and_remember(
+        self, sender: str, nonce: bytes, expires: int, now: int, *, created: int
+    ) -> None:
+        """Refuse (PeerProtocolError `replayed`) a message seen before; else remember it."""
+        if expires <= self.floor:
+            raise PeerProtocolError("replayed", "older than the replay window")
+        if not created < expires <= created + MAX_TTL_MS:
+            raise PeerProtocolError("expired", "lifetime is empty or longer than allowed")
+        key = (created << _LIFE_BITS) + (expires - created)
+        entry = self._senders.get(sender)
+        if entry is None:
+            if len(self._senders) >= self.max_senders:
+                self._trim_senders(now)
+            entry = self._senders[sender] = _Sender(expires)
+        else:
+            seen = entry.seen
+            if nonce in seen or key <= entry.floor:
+                raise PeerProtocolError("replayed", "nonce already seen")
+            if entry.due <= now:
+                self._prune_oldest(entry, now)
+            if len(seen) >= self.per_sender:
+                self._forget_oldest(entry, len(seen) - self.per_sender + 1)
+            if expires > entry.horizon:
+                entry.horizon = expires
+        if self._size >= self.capacity:
+            self._trim(now, sender)
+        entry.seen[nonce] = key
+        self._size += 1
+        if entry.due == _NEVER:  # it held none: this one is the oldest
+            entry.due = expires
+
+    def _prune_oldest(self, entry: _Sender, now: int) -> None:
+        """Drop a sender's expired nonces from the oldest on (usually one)."""
+        seen = entry.seen
+        while seen:
+            expired = _expiry(next(iter(seen.values())))
+            if expired > now:
+                entry.due = expired
+                return
+            seen.popitem(last=False)
+            self._size -= 1
+            if expired > self.floor:
+                self.floor = expired
+        entry.due = _NEVER
+
+    def _forget_oldest(self, entry: _Sender, count: int) -> None:
+        """Forget a sender's `count` oldest nonces; its floor rises to cover them."""
+        seen, floor = entry.seen, entry.floor
+        for _ in range(count):
+            key = seen.popitem(last=False)[1]
+            if key > floor:
+                floor = key
+        entry.floor = floor
+        entry.refresh_due()
+        self._size -= count
+
+    def _drop(self, sender: str, now: int) -> None:
+        entry = self._senders.pop(sender)
+        self._size -= len(entry.seen)
+        self.floor = max(self.floor, min(entry.horizon, now))
+
+    def _trim(self, now: int, keep: str) -> None:
+        """Make room below `capacity` (with some slack, so this runs rarely)."""
+        for sender, entry in list(self._senders.items()):
+            if entry.horizon <= now and sender != keep:
+                self._drop(sender, now)  # everything it sent has expired
+                continue
+            expired = [n for n, k in entry.seen.items() if _expiry(k) <= now]
+            for nonce in expired:
+                self.floor = max(self.floor, _expiry(entry.seen.pop(nonce)))
+            self._size -= len(expired)
+            entry.refresh_due()
+        target = self.capacity - max(1, self.capacity // 8)
+        if self._size <= target:
+            return
+        # The largest memories shrink first, to a common level: the most any sender keeps.
+        sizes = sorted(len(e.seen) for e in self._senders.values())
+        level, below, count = 0, 0, len(sizes)
+        for i, size in enumerate(sizes):
+            if below + size * (count - i) > target:
+                level = (target - below) // (count - i)
                 break
-            del self._seen[key]
-            self.floor = max(self.floor, min(expires, now))
+            below += size
+        else:  # unreachable: the sum of the sizes is above the target
+            return
+        for entry in self._senders.values():
+            if len(entry.seen) > level:
+                self._forget_oldest(entry, len(entry.seen) - level)
+
+    def _trim_senders(self, now: int) -> None:
+        """Make room below `max_senders` (with some slack) for a new sender."""
+        for sender in [s for s, e in self._senders.items() if e.horizon <= now]:
+            self._drop(sender, now)
+        excess = len(self._senders) - (self.max_senders - max(1, self.max_senders // 8))
+        if excess > 0:
+            soonest = heapq.nsmallest(excess, self._senders, key=lambda s: self._senders[s].horizon)
+            for sender in soonest:
+                self._drop(sender, now)
+            self.forgotten += len(soonest)
 
 
 @functools.lru_cache(maxsize=1024)  # a node seals with one DID and opens a few hundred
@@ -276,5 +413,5 @@ def open_envelope(
         raise PeerProtocolError("not_yet_valid", f"created {created - now} ms in the future")
     # 10. replay
     if replay_guard is not None:
-        replay_guard.check_and_remember(sender, nonce, expires, now)
+        replay_guard.check_and_remember(sender, nonce, expires, now, created=created)
     return SignedMessage(Header(sender, nonce, created, expires), message, raw)

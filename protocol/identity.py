@@ -119,15 +119,19 @@ class EthBinding:
         }
 
 
-def verify_binding(binding: EthBinding) -> None:
-    """Raise PeerProtocolError('bad_binding') unless both signatures hold."""
+def verify_binding(binding: EthBinding, *, ed25519: bool = True) -> None:
+    """Raise PeerProtocolError('bad_binding') unless both signatures hold. With
+    `ed25519=False` only the Ethereum half is checked: for a message whose own Ed25519
+    envelope already names the address (an Offer's `client_eth`)."""
     try:
         address = bytes.fromhex(binding.eth_address.removeprefix("0x"))
     except (ValueError, AttributeError):
         raise PeerProtocolError("bad_binding", "address is not hex") from None
     if len(address) != 20:
         raise PeerProtocolError("bad_binding", "address is not 20 bytes")
-    if not verify_signature(binding.did, _BINDING_ED_DOMAIN + address, binding.ed25519_sig):
+    if ed25519 and not verify_signature(
+        binding.did, _BINDING_ED_DOMAIN + address, binding.ed25519_sig
+    ):
         raise PeerProtocolError("bad_binding", "Ed25519 signature over the address fails")
     from eth_account import Account
     from eth_account.messages import encode_defunct

@@ -338,7 +338,15 @@ class Offer(Message):
     escrow: str  # contract address
     arbiter: str  # Ethereum address named in the terms
     client_eth: str  # the client's Ethereum address (the payer; stake locks go to it)
+    # the client's Ethereum signature binding `client_eth` to its DID (identity.md): the
+    # envelope binds the DID to the address, this binds the address to the DID
+    client_eth_sig: bytes
     input_providers: tuple[str, ...]  # PeerIDs that hold the inputs
+    # the escrow terms the client will open, which a worker's consent signs: the stake it
+    # locks per worker (wei) and both deadlines on the chain's clock (unix s)
+    stake_lock: int
+    escrow_commit_deadline: int
+    escrow_deadline: int
 
     def _check(self) -> None:
         _require(_is_job_id(self.job_id), "offer.job_id", "not a SHA-256 multihash")
@@ -353,6 +361,13 @@ class Offer(Message):
             "bad address",
         )
         _require(len(self.input_providers) <= 16, "offer.input_providers", "too many")
+        _require(len(self.client_eth_sig) == 65, "offer.client_eth_sig", "not 65 bytes")
+        _require(self.stake_lock >= 0, "offer.stake_lock", "negative")
+        _require(
+            0 < self.escrow_commit_deadline < self.escrow_deadline < 2**40,
+            "offer.escrow_deadline",
+            "must follow escrow_commit_deadline",
+        )
 
 
 @dataclass(frozen=True)
@@ -367,11 +382,15 @@ class Bid(Message):
     eth_address: str
     runtime: dict[str, Any]  # the runtime fingerprint the worker will use
     has_inputs: tuple[str, ...]  # input names already held
+    # the worker's EIP-712 Consent to the offer's terms at this price (settlement.md): a
+    # 64-byte compact signature, or empty when the offer locks no stake
+    consent: bytes
 
     def _check(self) -> None:
         _require(_is_job_id(self.job_id), "bid.job_id", "not a SHA-256 multihash")
         _require(self.price >= 0 and self.eta_ms >= 0, "bid", "negative price or eta")
         _require(_is_eth(self.eth_address), "bid.eth_address", "not an address")
+        _require(len(self.consent) in (0, 64), "bid.consent", "not 0 or 64 bytes")
 
 
 @dataclass(frozen=True)

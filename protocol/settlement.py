@@ -13,6 +13,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_keys import keys  # type: ignore[attr-defined]
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
@@ -28,6 +29,11 @@ SHA256_MULTIHASH_PREFIX = b"\x12\x20"
 # secp256k1 group order / 2: the contract refuses signatures with a larger s (EIP-2)
 HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
+# CHALLENGE_PERIOD and RULING_PERIOD of the escrows a local testnet deploys (seconds; a
+# public deployment chooses hours and days: spec/settlement.md, "Dispute and resolution")
+DEV_CHALLENGE_PERIOD = 30
+DEV_RULING_PERIOD = 300
+
 DOMAIN_NAME = "c0-escrow"
 DOMAIN_VERSION = "1"
 ASSIGNMENT_ABI = "(address,uint256,uint256)"
@@ -39,6 +45,31 @@ RELEASE_TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "expires", "type": "uint256"},
     ]
 }
+CONSENT_TYPES: dict[str, list[dict[str, str]]] = {
+    "Consent": [
+        {"name": "job", "type": "bytes32"},
+        {"name": "client", "type": "address"},
+        {"name": "arbiter", "type": "address"},
+        {"name": "quorum", "type": "uint256"},
+        {"name": "workers", "type": "uint256"},
+        {"name": "commit_deadline", "type": "uint256"},
+        {"name": "deadline", "type": "uint256"},
+        {"name": "payout", "type": "uint256"},
+        {"name": "stake_lock", "type": "uint256"},
+    ]
+}
+_CONSENT_TYPEHASH = bytes(
+    keccak(
+        (
+            "Consent("
+            + ",".join(f"{f['type']} {f['name']}" for f in CONSENT_TYPES["Consent"])
+            + ")"
+        ).encode()
+    )
+)
+_DOMAIN_TYPEHASH = bytes(
+    keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
+)
 
 # on-chain status of an escrow, as `status(seq)` and `job_status(terms, ref)` return it
 STATUS_UNKNOWN, STATUS_OPEN, STATUS_DISPUTED, STATUS_SETTLED = 0, 1, 2, 3
@@ -111,6 +142,77 @@ class EscrowRef:
 
 
 @dataclass(frozen=True)
+class Consent:
+    """What a worker signs before a client may lock its stake (EIP-712 `Consent`): the
+    attempt's escrow key, the client, the arbiter, the quorum out of how many workers, both
+    deadlines, and its own payout and stake lock. The contract's `open` recomputes it from
+    the terms and requires the worker's signature wherever `stake_lock` is not zero."""
+
+    job: bytes
+    client: str
+    arbiter: str
+    quorum: int
+    workers: int
+    commit_deadline: int
+    deadline: int
+    payout: int
+    stake_lock: int
+
+    def encoding(self) -> bytes:
+        """abi.encode(CONSENT_TYPEHASH, ...fields): the EIP-712 struct's encoding."""
+        return b"".join(
+            (
+                _CONSENT_TYPEHASH,
+                _bytes32(self.job),
+                _address_word(self.client),
+                _address_word(self.arbiter),
+                _uint_word(self.quorum),
+                _uint_word(self.workers),
+                _uint_word(self.commit_deadline),
+                _uint_word(self.deadline),
+                _uint_word(self.payout),
+                _uint_word(self.stake_lock),
+            )
+        )
+
+    def typed_data(self, chain_id: int, contract: str) -> dict[str, Any]:
+        """The full EIP-712 message (for wallets and cross-checks; `consent_digest` is the
+        fast path)."""
+        return {
+            "types": {"EIP712Domain": _DOMAIN_FIELDS, **CONSENT_TYPES},
+            "primaryType": "Consent",
+            "domain": _domain(chain_id, contract),
+            "message": {
+                "job": self.job,
+                "client": to_checksum_address(self.client),
+                "arbiter": to_checksum_address(self.arbiter),
+                "quorum": self.quorum,
+                "workers": self.workers,
+                "commit_deadline": self.commit_deadline,
+                "deadline": self.deadline,
+                "payout": self.payout,
+                "stake_lock": self.stake_lock,
+            },
+        }
+
+
+def consent_for(terms: EscrowTerms, index: int) -> Consent:
+    """The `Consent` the worker of `terms.assignments[index]` signs for these terms."""
+    c, a = terms.common, terms.assignments[index]
+    return Consent(
+        job=terms.job_id,
+        client=c.client,
+        arbiter=c.arbiter,
+        quorum=c.quorum,
+        workers=len(terms.assignments),
+        commit_deadline=c.commit_deadline,
+        deadline=c.deadline,
+        payout=a.payout,
+        stake_lock=a.stake_lock,
+    )
+
+
+@dataclass(frozen=True)
 class EscrowTerms:
     """Everything the escrow commits to for one job; the same object is passed on every call.
 
@@ -122,6 +224,9 @@ class EscrowTerms:
     common: Common
     assignments: tuple[Assignment, ...]
     ref: EscrowRef | None = field(default=None, compare=False)
+    # Each worker's 64-byte compact signature of its `Consent` (b"" where its stake lock is
+    # zero), in assignment order; passed to `open` only, not part of the terms.
+    consents: tuple[bytes, ...] = field(default=(), compare=False)
 
     def located(self) -> EscrowRef:
         """The escrow's ref; SettlementError if these terms were never opened."""
@@ -357,6 +462,12 @@ def group_terms(
     return [c.as_abi() for c in commons], jobs
 
 
+def open_args(batch: Sequence[EscrowTerms]) -> tuple[Any, Any, list[list[bytes]]]:
+    """The contract's `(commons, jobs, consents)` arguments of `open`, jobs in the order given."""
+    commons, jobs = group_terms(batch)
+    return commons, jobs, [consent_words(t) for t in batch]
+
+
 def job_abi(terms: EscrowTerms) -> tuple[bytes, int, list[tuple[str, int, int]]]:
     """The `Job` argument of the single-job calls (group index 0)."""
     return (terms.job_id, 0, [a.as_abi() for a in terms.assignments])
@@ -403,6 +514,96 @@ def job_args_encoding(terms: EscrowTerms) -> bytes:
 
 # ---------------------------------------------------------------- EIP-712 receipts
 
+_DOMAIN_FIELDS = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+
+
+def _domain(chain_id: int, contract: str) -> dict[str, Any]:
+    return {
+        "name": DOMAIN_NAME,
+        "version": DOMAIN_VERSION,
+        "chainId": chain_id,
+        "verifyingContract": to_checksum_address(contract),
+    }
+
+
+_DOMAINS: dict[tuple[int, str], bytes] = {}
+
+
+def domain_separator(chain_id: int, contract: str) -> bytes:
+    """The escrow's EIP-712 domain separator (its `domain_separator()` view); cached."""
+    key = (chain_id, contract.lower())
+    found = _DOMAINS.get(key)
+    if found is None:
+        found = bytes(
+            keccak(
+                _DOMAIN_TYPEHASH
+                + bytes(keccak(DOMAIN_NAME.encode()))
+                + bytes(keccak(DOMAIN_VERSION.encode()))
+                + _uint_word(chain_id)
+                + _address_word(contract)
+            )
+        )
+        if len(_DOMAINS) < 64:
+            _DOMAINS[key] = found
+    return found
+
+
+def consent_digest(chain_id: int, contract: str, consent: Consent) -> bytes:
+    """keccak256(0x19 0x01 ‖ domainSeparator ‖ hashStruct(Consent)), word by word."""
+    struct_hash = bytes(keccak(consent.encoding()))
+    return bytes(keccak(b"\x19\x01" + domain_separator(chain_id, contract) + struct_hash))
+
+
+def sign_consent(private_key: bytes, chain_id: int, contract: str, consent: Consent) -> bytes:
+    """A worker's consent: the 64-byte compact signature (EIP-2098: r ‖ yParity·2²⁵⁵ + s)."""
+    signed = Account.unsafe_sign_hash(consent_digest(chain_id, contract, consent), private_key)
+    r, s, v = int(signed.r), int(signed.s), int(signed.v)
+    return r.to_bytes(32, "big") + ((v - 27) << 255 | s).to_bytes(32, "big")
+
+
+def recover_consent_signer(signature: bytes, chain_id: int, contract: str, consent: Consent) -> str:
+    """Who signed `consent` (checksummed), with the contract's rules; SettlementError if the
+    signature is malformed."""
+    _require(isinstance(signature, bytes) and len(signature) == 64, "malformed consent")
+    r = int.from_bytes(signature[:32], "big")
+    vs = int.from_bytes(signature[32:], "big")
+    s, parity = vs & ((1 << 255) - 1), vs >> 255
+    _require(r > 0 and 0 < s <= HALF_N, "malformed consent")
+    try:
+        public = keys.Signature(vrs=(parity, r, s)).recover_public_key_from_msg_hash(
+            consent_digest(chain_id, contract, consent)
+        )
+    except Exception as exc:  # eth-keys raises several types for unrecoverable input
+        raise SettlementError("malformed consent") from exc
+    return str(public.to_checksum_address())
+
+
+def consent_words(terms: EscrowTerms) -> list[bytes]:
+    """The `consents` entry `open` takes for one job: two words per assignment (zero words
+    where no consent is given)."""
+    words: list[bytes] = []
+    for i in range(len(terms.assignments)):
+        sig = terms.consents[i] if i < len(terms.consents) else b""
+        _require(len(sig) in (0, 64), "malformed consent")
+        words += (sig[:32], sig[32:]) if sig else (ZERO32, ZERO32)
+    return words
+
+
+def check_consents(terms: EscrowTerms, chain_id: int, contract: str) -> None:
+    """Raise SettlementError as `open` would if a stake lock lacks its worker's consent."""
+    for i, a in enumerate(terms.assignments):
+        if a.stake_lock == 0:
+            continue
+        sig = terms.consents[i] if i < len(terms.consents) else b""
+        _require(len(sig) == 64, "stake lock without the worker's consent")
+        signer = recover_consent_signer(sig, chain_id, contract, consent_for(terms, i))
+        _require(signer.lower() == a.worker.lower(), "stake lock without the worker's consent")
+
 
 def release_typed_data(
     chain_id: int, contract: str, seqs: Sequence[int], expires: int
@@ -410,22 +611,9 @@ def release_typed_data(
     """The full EIP-712 message a client signs to release the escrows numbered `seqs` on one
     chain and contract."""
     return {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            **RELEASE_TYPES,
-        },
+        "types": {"EIP712Domain": _DOMAIN_FIELDS, **RELEASE_TYPES},
         "primaryType": "Release",
-        "domain": {
-            "name": DOMAIN_NAME,
-            "version": DOMAIN_VERSION,
-            "chainId": chain_id,
-            "verifyingContract": to_checksum_address(contract),
-        },
+        "domain": _domain(chain_id, contract),
         "message": {"escrows": list(seqs), "expires": expires},
     }
 

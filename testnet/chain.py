@@ -13,6 +13,10 @@ from protocol.errors import UserError
 
 __all__ = ["FUNDING_WEI", "start", "stop"]
 
+# The arbiter a testnet without an arbiter node names: an address whose key nobody holds,
+# so a dispute there lapses after the ruling period (spec/settlement.md) and returns every
+# party's own funds. Never the client itself: workers refuse such terms.
+ABSENT_ARBITER = "0x00000000000000000000000000000000000c0a7b"
 FUNDING_WEI = 100 * 10**18  # per node; a client deposits 1 ETH, a worker stakes 0.1
 ANVIL_BALANCE_ETH = 1_000_000  # per dev account: enough to fund hundreds of nodes
 

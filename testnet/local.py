@@ -20,10 +20,11 @@ from typing import Any
 
 from node.config import CONFIG_FILE, NodeConfig, render_config
 from node.control import ControlClient, NodeNotRunning, control_path
-from node.home import KEY_FILE, create_identity, load_identity
+from node.home import KEY_FILE, create_identity, ensure_home, load_identity
 from node.lifecycle.settings import CHAIN_FILE, SETTINGS_FILE
 from protocol.errors import C0Error, UserError
 from testnet import chain as chain_setup
+from testnet.chain import ABSENT_ARBITER
 
 __all__ = ["STATE_FILE", "down", "restart", "status", "up"]
 
@@ -101,6 +102,8 @@ def up(
         homes.append(directory / "client")
     roles = ["arbiter" if i == 0 and nodes >= 3 else "worker" for i in range(nodes)]
     roles += ["client"] if client else []
+    for home in homes:
+        ensure_home(home)  # owner-only: it holds keys, the database, prompts and results
     identities = [
         load_identity(h) if (h / KEY_FILE).exists() else create_identity(h) for h in homes
     ]
@@ -115,7 +118,13 @@ def up(
         if state["chain"] is not None:
             state.update(_chain_json(state["chain"]))  # rpc_url, chain_id, escrow
             progress(f"anvil at {state['chain']['rpc_url']}, escrow {state['chain']['escrow']}")
-            arbiter = identities[roles.index("arbiter")].eth_address if "arbiter" in roles else ""
+            # Without an arbiter node the terms name an address nobody runs: a dispute then
+            # lapses after the ruling period (spec/settlement.md), never the client itself.
+            arbiter = (
+                identities[roles.index("arbiter")].eth_address
+                if "arbiter" in roles
+                else ABSENT_ARBITER
+            )
             for home in homes:
                 (home / CHAIN_FILE).write_text(
                     json.dumps({**_chain_json(state["chain"]), "arbiter": arbiter}, indent=2)

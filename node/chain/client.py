@@ -91,18 +91,28 @@ class EscrowClient:
         self.contract = self.w3.eth.contract(address=self.address, abi=escrow_artifact()["abi"])
         self._functions = _functions(escrow_artifact()["abi"])
         self._nonce: int | None = None
+        self._periods: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ deployment
 
     @classmethod
     def deploy(
-        cls, chain: Chain, account: LocalAccount, **kwargs: Any
+        cls,
+        chain: Chain,
+        account: LocalAccount,
+        *,
+        challenge_period: int = S.DEV_CHALLENGE_PERIOD,
+        ruling_period: int = S.DEV_RULING_PERIOD,
+        **kwargs: Any,
     ) -> tuple[EscrowClient, TxResult]:
-        """Deploy a fresh escrow (native ether) and return a client for it."""
+        """Deploy a fresh escrow (native ether) and return a client for it. The periods
+        (seconds) default to the short ones of a local testnet (spec/settlement.md)."""
         art = escrow_artifact()
         factory = chain.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
-        data = factory.constructor(S.ZERO_ADDRESS).data_in_transaction
+        data = factory.constructor(
+            S.ZERO_ADDRESS, challenge_period, ruling_period
+        ).data_in_transaction
         sender = _Sender(chain, account, timeout=kwargs.get("timeout", 60.0))
         result = sender.transact(to=None, data=data, value=0)
         assert result.contract_address is not None
@@ -135,6 +145,19 @@ class EscrowClient:
             for t in batch
         ]
 
+    def periods(self) -> tuple[int, int]:
+        """(CHALLENGE_PERIOD, RULING_PERIOD) of this escrow, in seconds; read once."""
+        if self._periods is None:
+            self._periods = (
+                self._view_uint("CHALLENGE_PERIOD"),
+                self._view_uint("RULING_PERIOD"),
+            )
+        return self._periods
+
+    def top_votes(self, seq: int) -> int:
+        """The most reveals any one result has on the escrow numbered `seq`."""
+        return self._view_uint("top_votes", seq)
+
     def status(self, seq: int) -> int:
         """STATUS_* of the escrow numbered `seq`."""
         return self._view_uint("status", seq)
@@ -156,9 +179,6 @@ class EscrowClient:
     def unstake(self, amount: int) -> TxResult:
         return self._call("unstake", amount)
 
-    def approve_stake(self, client: str, amount: int) -> TxResult:
-        return self._call("approve_stake", to_checksum_address(client), amount)
-
     # ------------------------------------------------------------ job escrow
 
     def open(self, batch: Sequence[EscrowTerms]) -> TxResult:
@@ -173,13 +193,28 @@ class EscrowClient:
         for a, b in itertools.pairwise(ordered):
             if a.job_id == b.job_id:
                 raise SettlementError("duplicate job id")
-        commons, jobs = S.group_terms(ordered)
-        result = self._call("open", commons, jobs)
+        result = self._call("open", *S.open_args(ordered))
         opened = [e for e in result.events if e["event"] == "opened"]
         if not opened:
             raise SettlementError("open mined without an Opened event", result.tx)
         located = {t.job_id: t for t in S.locate_batch(ordered, int(opened[0]["first"]))}
         return replace(result, opened=tuple(located[t.job_id] for t in batch))
+
+    def sign_consent(self, terms: EscrowTerms, index: int = -1) -> bytes:
+        """This account's consent to `terms` as the worker of `assignments[index]` (its own
+        assignment when `index` is -1)."""
+        if index < 0:
+            mine = [
+                i
+                for i, a in enumerate(terms.assignments)
+                if a.worker.lower() == self.account.address.lower()
+            ]
+            if len(mine) != 1:
+                raise SettlementError("not an assigned worker")
+            index = mine[0]
+        return S.sign_consent(
+            self.account.key, self.chain.chain_id, self.address, S.consent_for(terms, index)
+        )
 
     def sign_release(self, batch: Sequence[EscrowTerms], expires: int) -> bytes:
         """The client's receipt for `batch`, valid on this chain and contract until `expires`."""
@@ -212,6 +247,10 @@ class EscrowClient:
 
     def dispute(self, terms: EscrowTerms) -> TxResult:
         return self._call("dispute", *_job_args(terms))
+
+    def lapse(self, terms: EscrowTerms) -> TxResult:
+        """Close a dispute its arbiter left past the ruling deadline (anyone may)."""
+        return self._call("lapse", *_job_args(terms))
 
     def resolve(
         self,

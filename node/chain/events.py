@@ -22,6 +22,7 @@ JOB_EVENTS = {
     "Disputed": "disputed",
     "Resolved": "resolved",
     "Slashed": "slashed",
+    "Lapsed": "lapsed",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+from dataclasses import replace
 from typing import Any
 
 from eth_account import Account
@@ -35,6 +36,18 @@ def register(subparsers: Any) -> None:
 
     deploy = sub.add_parser("deploy", help="deploy the escrow contract")
     common(deploy)
+    deploy.add_argument(
+        "--challenge-period",
+        type=int,
+        default=3600,
+        help="seconds after a job's deadline in which a party may still dispute (default 3600)",
+    )
+    deploy.add_argument(
+        "--ruling-period",
+        type=int,
+        default=3 * 86400,
+        help="seconds the arbiter then has to resolve before a dispute lapses (default 3 days)",
+    )
     deploy.set_defaults(func=cmd_deploy)
 
     selftest = sub.add_parser(
@@ -62,8 +75,23 @@ def _sender(args: argparse.Namespace, chain: Chain) -> LocalAccount:
 def cmd_deploy(args: argparse.Namespace) -> int:
     chain = _connect(args)
     account = _sender(args, chain)
-    client, tx = EscrowClient.deploy(chain, account, confirmations=args.confirmations)
-    out = {"escrow": client.address, "chain_id": chain.chain_id, "tx": tx.tx}
+    for name in ("challenge_period", "ruling_period"):
+        if not 0 < getattr(args, name) <= 365 * 86400:
+            raise UserError(f"--{name.replace('_', '-')} must be 1 s to a year")
+    client, tx = EscrowClient.deploy(
+        chain,
+        account,
+        challenge_period=args.challenge_period,
+        ruling_period=args.ruling_period,
+        confirmations=args.confirmations,
+    )
+    out = {
+        "escrow": client.address,
+        "chain_id": chain.chain_id,
+        "tx": tx.tx,
+        "challenge_period": args.challenge_period,
+        "ruling_period": args.ruling_period,
+    }
     emit(
         out,
         as_json=args.json,
@@ -95,7 +123,6 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     payout, fee, lock = 10**15, 10**14, 10**14
     step("deposit", client.deposit(payout + fee))
     step("stake", worker.stake(lock))
-    step("approve", worker.approve_stake(client_acct.address, lock))
     now = chain.now()
     terms = S.EscrowTerms(
         job_id=hashlib.sha256(f"c0 selftest {now} {os.urandom(8).hex()}".encode()).digest(),
@@ -109,6 +136,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         ),
         assignments=(S.Assignment(worker_acct.address, payout, lock),),
     )
+    terms = replace(terms, consents=(worker.sign_consent(terms),))
     worker_before = worker.balance()
     opened = client.open([terms])
     step("open", opened)

@@ -9,7 +9,7 @@ from typing import Any
 from node.cli import emit
 from node.config import CONFIG_FILE, render_config
 from node.control import ControlClient, control_path
-from node.home import KEY_FILE, create_identity, home_dir, load_identity
+from node.home import KEY_FILE, create_identity, ensure_home, home_dir, load_identity
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -18,7 +18,7 @@ def _client(args: argparse.Namespace) -> ControlClient:
 
 def _init(args: argparse.Namespace) -> int:
     home = home_dir(args.home)
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_home(home)  # owner-only, whatever the umask
     created_keys = not (home / KEY_FILE).exists()
     identity = create_identity(home) if created_keys else load_identity(home)
     config = home / CONFIG_FILE

@@ -27,7 +27,18 @@ from node.executors.sandbox import ARTIFACT_NAME, DEFAULT_NICE, child_environmen
 from protocol.errors import UserError
 from protocol.jobs import JobSpec
 
-__all__ = ["ChildProcessExecutor", "Execution", "ExecutionRequest", "ExecutionResult", "Executor"]
+__all__ = [
+    "ChildProcessExecutor",
+    "Execution",
+    "ExecutionRequest",
+    "ExecutionResult",
+    "Executor",
+    "classify_exit",
+    "kill_child",
+    "parse_report",
+    "spawn_child",
+    "watch_child",
+]
 
 SCRATCH_NAME = ".tmp"
 _EXIT_WAIT_S = 60.0
@@ -212,25 +223,9 @@ class ChildProcessExecutor(Executor):
         env = child_environment(
             os.environ, threads=child_request["threads"], scratch=scratch.resolve()
         )
-        execution._proc = None
-        if self.fork_server is not None:
-            try:
-                execution._proc = self.fork_server.spawn(child_request, env=env, cwd=out)
-            except OSError:
-                execution._proc = None  # the fork server is unusable: start one fresh
-        if execution._proc is None:
-            env["PYTHONPATH"] = str(Path(node.__file__).resolve().parent.parent)
-            argv = [self.python, "-P", "-X", "faulthandler", "-m", "node.executors.child"]
-            execution._proc = subprocess.Popen(  # a fixed argv, never a shell
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=out,
-                env=env,
-                start_new_session=True,  # its own process group, killed as one
-                close_fds=True,
-            )
+        execution._proc = spawn_child(
+            child_request, env=env, cwd=out, fork_server=self.fork_server, python=self.python
+        )
         thread = threading.Thread(
             target=self._monitor,
             args=(execution, json.dumps(child_request).encode()),
@@ -293,66 +288,32 @@ class ChildProcessExecutor(Executor):
                 return
             if execution._stop_reason is None:
                 execution._stop_reason = reason
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                # A forked child may not have made its own group yet: kill it alone.
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_child(proc)
 
     def _monitor(self, execution: Execution, request_bytes: bytes) -> None:
         proc = execution._proc
         assert proc is not None
-        assert proc.stdout is not None
-        assert proc.stderr is not None
         timeout_s = float(json.loads(request_bytes)["limits"]["timeout_s"])
-        deadline = execution.started + timeout_s
-        report = bytearray()
-        stderr: deque[bytes] = deque()
-        stderr_size = 0
+
+        def ready() -> None:
+            execution.ready_at = time.monotonic()
+            execution.ready.set()
+
         try:
-            if proc.stdin is not None:  # a fresh interpreter reads its request on stdin
-                try:
-                    proc.stdin.write(request_bytes)
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-            with selectors.DefaultSelector() as sel:
-                sel.register(proc.stdout, selectors.EVENT_READ, "report")
-                sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-                while sel.get_map():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._stop(execution, "timeout")
-                        remaining = 5.0  # the group is dead; drain what is left
-                    for key, _ in sel.select(remaining):
-                        data = os.read(key.fd, 65536)
-                        if not data:
-                            sel.unregister(key.fileobj)
-                        elif key.data == "report":
-                            report += data
-                            if execution.ready_at is None and b"\n" in report:
-                                execution.ready_at = time.monotonic()
-                                execution.ready.set()
-                        else:
-                            stderr.append(data)
-                            stderr_size += len(data)
-                            while stderr_size - len(stderr[0]) > _STDERR_TAIL:
-                                stderr_size -= len(stderr.popleft())
-            proc.wait(_EXIT_WAIT_S)  # both pipes closed: the child has exited or is exiting
-            proc.stdout.close()
-            proc.stderr.close()
-            ended = time.monotonic()
-            tail = b"".join(stderr)[-_STDERR_TAIL:].decode("utf-8", "replace")
+            report, tail = watch_child(
+                proc,
+                request_bytes,
+                execution.started + timeout_s,
+                on_deadline=lambda: self._stop(execution, "timeout"),
+                on_ready=ready,
+            )
             self._finish(
                 execution,
                 failure=None,
-                report=_parse_report(bytes(report)),
+                report=parse_report(report),
                 returncode=proc.returncode,
                 stderr_tail=tail,
-                wall_s=ended - execution.started,
+                wall_s=time.monotonic() - execution.started,
             )
         except BaseException as exc:  # the monitor must always leave a result behind
             self._stop(execution, "internal_error")
@@ -416,34 +377,157 @@ class ChildProcessExecutor(Executor):
         returncode: int | None,
         stderr_tail: str,
     ) -> tuple[str, str] | None:
-        timeout_s = execution.request.timeout_s or execution.request.spec.limits["timeout_s"]
-        reason = execution._stop_reason
-        if isinstance(execution._proc, ForkedChild) and execution._proc.lost and reason is None:
-            return "internal_error", "the worker's fork server died while the job ran"
-        if reason == "timeout":
-            return "timeout", f"wall-clock limit of {timeout_s:g} s reached; job killed"
-        if reason == "cancelled":
-            return "cancelled", "cancelled by the executor's caller"
-        if report and "failed" in report:
-            code = report["failed"].get("code", "internal_error")
-            if code not in FAILURES:
-                code = "internal_error"
-            return code, str(report["failed"].get("message", ""))[:2000]
-        if report and "done" in report and returncode == 0:
-            return None
-        lowered = stderr_tail.lower()
-        if returncode == -signal.SIGXCPU:
-            return "timeout", "CPU-time limit reached"
-        if returncode is not None and returncode < 0:
-            sig = signal.Signals(-returncode).name
-            if returncode == -signal.SIGKILL or any(h in lowered for h in _OOM_HINTS):
-                return "out_of_memory", f"child killed by {sig} (memory exhausted)"
-            return "crashed", f"child died from {sig}: {_last_line(stderr_tail)}"
-        if any(h in lowered for h in _OOM_HINTS):
-            return "out_of_memory", f"child exited {returncode}: {_last_line(stderr_tail)}"
-        return "internal_error", f"child exited {returncode} without a result: " + _last_line(
-            stderr_tail
+        proc = execution._proc
+        return classify_exit(
+            stop_reason=execution._stop_reason,
+            lost=isinstance(proc, ForkedChild) and proc.lost,
+            report=report,
+            returncode=returncode,
+            stderr_tail=stderr_tail,
+            timeout_s=execution.request.timeout_s or execution.request.spec.limits["timeout_s"],
         )
+
+
+# ---------------------------------------------------------------- the child, as a process
+# The parts of running a child that do not depend on a job spec: the executor above uses
+# them for jobs, node/executors/checks.py for probes of untrusted results.
+
+Child = subprocess.Popen[bytes] | ForkedChild
+
+
+def spawn_child(
+    child_request: dict[str, Any],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    fork_server: ForkServer | None,
+    python: str = sys.executable,
+) -> Child:
+    """Start a child that runs `run_job(child_request)` (node/executors/child.py) in `cwd`
+    with exactly `env`, in its own session: forked from `fork_server` when there is one
+    and it works, else a fresh interpreter (which `watch_child` hands the request to)."""
+    if fork_server is not None:
+        try:
+            return fork_server.spawn(child_request, env=env, cwd=cwd)
+        except OSError:
+            pass  # the fork server is unusable: start one fresh
+    env = {**env, "PYTHONPATH": str(Path(node.__file__).resolve().parent.parent)}
+    argv = [python, "-P", "-X", "faulthandler", "-m", "node.executors.child"]
+    return subprocess.Popen(  # a fixed argv, never a shell
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,  # its own process group, killed as one
+        close_fds=True,
+    )
+
+
+def kill_child(proc: Child) -> None:
+    """SIGKILL the child's process group (the caller makes sure it has not been reaped)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        # A forked child may not have made its own group yet: kill it alone.
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def watch_child(
+    proc: Child,
+    request_bytes: bytes,
+    deadline: float,
+    *,
+    on_deadline: Callable[[], None],
+    on_ready: Callable[[], None] | None = None,
+) -> tuple[bytes, str]:
+    """Hand a fresh interpreter its request, then read the child's report and stderr until
+    both close, calling `on_deadline` (which must kill the child's group) once the
+    monotonic `deadline` passes and `on_ready` at the first report line; wait for its
+    exit. Returns the report bytes and the tail of stderr."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    report = bytearray()
+    stderr: deque[bytes] = deque()
+    stderr_size = 0
+    ready = False
+    if proc.stdin is not None:  # a fresh interpreter reads its request on stdin
+        try:
+            proc.stdin.write(request_bytes)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, "report")
+        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                on_deadline()
+                remaining = 5.0  # the group is dead; drain what is left
+            for key, _ in sel.select(remaining):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                elif key.data == "report":
+                    report += data
+                    if not ready and b"\n" in report:
+                        ready = True
+                        if on_ready is not None:
+                            on_ready()
+                else:
+                    stderr.append(data)
+                    stderr_size += len(data)
+                    while stderr_size - len(stderr[0]) > _STDERR_TAIL:
+                        stderr_size -= len(stderr.popleft())
+    proc.wait(_EXIT_WAIT_S)  # both pipes closed: the child has exited or is exiting
+    proc.stdout.close()
+    proc.stderr.close()
+    return bytes(report), b"".join(stderr)[-_STDERR_TAIL:].decode("utf-8", "replace")
+
+
+def classify_exit(
+    *,
+    stop_reason: str | None,
+    lost: bool,
+    report: dict[str, Any] | None,
+    returncode: int | None,
+    stderr_tail: str,
+    timeout_s: float,
+) -> tuple[str, str] | None:
+    """How a child ended, as a failure (code, message) from FAILURES, or None for done.
+    `stop_reason` is why the parent killed it (timeout, cancelled), `lost` whether its
+    fork server died under it."""
+    if lost and stop_reason is None:
+        return "internal_error", "the worker's fork server died while the job ran"
+    if stop_reason == "timeout":
+        return "timeout", f"wall-clock limit of {timeout_s:g} s reached; job killed"
+    if stop_reason == "cancelled":
+        return "cancelled", "cancelled by the executor's caller"
+    if report and "failed" in report:
+        code = report["failed"].get("code", "internal_error")
+        if code not in FAILURES:
+            code = "internal_error"
+        return code, str(report["failed"].get("message", ""))[:2000]
+    if report and "done" in report and returncode == 0:
+        return None
+    lowered = stderr_tail.lower()
+    if returncode == -signal.SIGXCPU:
+        return "timeout", "CPU-time limit reached"
+    if returncode is not None and returncode < 0:
+        sig = signal.Signals(-returncode).name
+        if returncode == -signal.SIGKILL or any(h in lowered for h in _OOM_HINTS):
+            return "out_of_memory", f"child killed by {sig} (memory exhausted)"
+        return "crashed", f"child died from {sig}: {_last_line(stderr_tail)}"
+    if any(h in lowered for h in _OOM_HINTS):
+        return "out_of_memory", f"child exited {returncode}: {_last_line(stderr_tail)}"
+    return "internal_error", f"child exited {returncode} without a result: " + _last_line(
+        stderr_tail
+    )
 
 
 def _last_line(text: str) -> str:
@@ -451,7 +535,7 @@ def _last_line(text: str) -> str:
     return lines[-1][:500] if lines else "(no output)"
 
 
-def _parse_report(raw: bytes) -> dict[str, Any] | None:
+def parse_report(raw: bytes) -> dict[str, Any] | None:
     """The child's report: JSON lines; the first says ready, later ones carry the outcome."""
     merged: dict[str, Any] = {}
     for line in raw.splitlines():

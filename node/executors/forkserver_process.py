@@ -183,6 +183,9 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     "media.thumbnail": ("av", "node.executors.media"),
     "media.segment": ("av", "node.executors.media"),
     "media.transcode": ("av", "node.executors.media", "node.executors.transcode"),
+    # checks of untrusted media results (node/executors/checks.py); numpy stays out
+    "check.probe": ("av", "node.executors.check_tasks"),
+    "check.psnr": ("av", "node.executors.check_tasks"),
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from node.executors.errors import ExecutorError
 from node.executors.sandbox import OutputFolder
 
-__all__ = ["TASK_MODULES", "Task", "TaskContext", "TaskResult", "load_task"]
+__all__ = ["CHECK_MODULES", "TASK_MODULES", "Task", "TaskContext", "TaskResult", "load_task"]
 
 # Imported lazily in the child, so a noop job never loads PyAV or llama.cpp.
 TASK_MODULES: Mapping[str, str] = {
@@ -21,6 +21,13 @@ TASK_MODULES: Mapping[str, str] = {
     "media.segment": "node.executors.media",
     "media.transcode": "node.executors.transcode",
     "llm.generate": "node.executors.llm",
+}
+
+# Checks of untrusted results (node/executors/checks.py): run in a job child under a
+# job's limits, loaded like a job class's task, but never offered as a job class.
+CHECK_MODULES: Mapping[str, str] = {
+    "check.probe": "node.executors.check_tasks",
+    "check.psnr": "node.executors.check_tasks",
 }
 
 
@@ -55,7 +62,7 @@ class Task(Protocol):
 
 
 def load_task(job_class: str) -> Task:
-    module_name = TASK_MODULES.get(job_class)
+    module_name = TASK_MODULES.get(job_class) or CHECK_MODULES.get(job_class)
     if module_name is None:
         raise ExecutorError("internal_error", f"no task for job class {job_class!r}")
     module = importlib.import_module(module_name)

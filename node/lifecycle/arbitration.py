@@ -17,7 +17,7 @@ from protocol.envelope import SignedMessage, open_envelope
 from protocol.errors import C0Error, PeerProtocolError
 from protocol.jobs import job_id_text
 from protocol.messages import Bid, DisputeOpen, ResultReveal
-from protocol.settlement import STATUS_SETTLED, SettlementError
+from protocol.settlement import STATUS_SETTLED, EscrowTerms, SettlementError
 from protocol.state import Event, JobMachine
 
 if TYPE_CHECKING:
@@ -74,6 +74,40 @@ class Arbitration:
         if arbiter_peer is None:
             log.warning("arbiter %s is not among the known nodes", terms.common.arbiter)
             return
+        msg = DisputeOpen(job_id=job_id, reason=reason, evidence=(digest,), sizes=(len(bundle),))
+        await lc.send_quietly(arbiter_peer, msg)
+
+    async def dispute_unreleased(self, job_id: bytes, attempt: int, terms: EscrowTerms) -> None:
+        """Evidence for a dispute the refund keeper opened on an attempt this client did not
+        accept (its result failed verification, or the attempt was abandoned) where a result
+        reached quorum on chain anyway: the job's spec, the terms, the bids and whatever
+        reveals the client holds, marked `unreleased`. The arbiter pays nobody for such an
+        attempt (only one attempt of a job is ever paid) and slashes a worker whose
+        revealed result it finds wrong."""
+        lc = self.lc
+        rec = lc.node.store.get_job(job_id)
+        if rec is None:
+            return
+        info = rec.data.get("attempts", {}).get(str(attempt), {})
+        bids = [lc.evidence_envelope("bid", job_id, w["did"]) for w in info.get("workers", [])]
+        bundle = codec.encode(
+            {
+                "spec": rec.data["spec"],
+                "terms": terms_to_json(terms),
+                "workers": [w["did"] for w in info.get("workers", [])],
+                "bids": [b for b in bids if b is not None],
+                "reveals": [bytes.fromhex(r) for r in info.get("reveals", {}).values()],
+                "inputs": {n: r["sha256"] for n, r in rec.data["spec"]["inputs"].items()},
+                "unreleased": True,
+            }
+        )
+        digest = lc.node.blobs.put_bytes(bundle)
+        info["dispute"] = {"bundle": digest.hex(), "unreleased": True}
+        arbiter_peer = lc.peer_of_eth(terms.common.arbiter)
+        if arbiter_peer is None:
+            log.warning("arbiter %s is not among the known nodes", terms.common.arbiter)
+            return
+        reason = f"attempt {attempt} was not accepted, yet a result reached quorum on chain"
         msg = DisputeOpen(job_id=job_id, reason=reason, evidence=(digest,), sizes=(len(bundle),))
         await lc.send_quietly(arbiter_peer, msg)
 
@@ -178,5 +212,16 @@ class Arbitration:
                 passed_eth.add(eth_of[did])
         worker_pay = [a.payout if a.worker.lower() in passed_eth else 0 for a in terms.assignments]
         slash = [0 if a.worker.lower() in passed_eth else a.stake_lock for a in terms.assignments]
+        if bundle.get("unreleased") is True:
+            # An attempt its client did not accept: nobody is paid (another attempt may
+            # have been), and only a worker whose revealed result failed is slashed.
+            revealed_eth = {eth_of[d] for d in reveals if d in eth_of}
+            worker_pay = [0] * len(terms.assignments)
+            slash = [
+                a.stake_lock
+                if a.worker.lower() in revealed_eth and a.worker.lower() not in passed_eth
+                else 0
+                for a in terms.assignments
+            ]
         tx = await lc.escrow.call(lc.escrow.client.resolve, terms, worker_pay, slash, 0)
         return {"tx": tx.tx, "split": {"worker_pay": worker_pay, "slash": slash}}

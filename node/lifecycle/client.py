@@ -21,6 +21,7 @@ from node.executors.manifest import MANIFEST_NAME, spec_from_json, spec_to_json
 from node.lifecycle.escrow import attempt_chain_id, terms_from_json, terms_to_json
 from node.lifecycle.results import materialize, template_of
 from node.verification import verify_result
+from protocol.consent import offer_consent
 from protocol.envelope import SignedMessage, open_envelope
 from protocol.errors import C0Error, InvalidJobSpec, PeerProtocolError, UserError
 from protocol.jobs import InputRef, JobSpec, JobTemplate, job_id_text
@@ -39,7 +40,13 @@ from protocol.messages import (
 from protocol.results import result_digest
 from protocol.routing import Candidate, Ranked, RoutingPolicy, rank_workers
 from protocol.settlement import Assignment as EscrowAssignment
-from protocol.settlement import Common, EscrowTerms, SettlementError, commit_hash
+from protocol.settlement import (
+    Common,
+    EscrowTerms,
+    SettlementError,
+    commit_hash,
+    recover_consent_signer,
+)
 from protocol.state import TERMINAL, Event, JobMachine, State
 
 if TYPE_CHECKING:
@@ -100,6 +107,7 @@ class ClientRole:
         self.lc = lc
         self.active: dict[tuple[bytes, int], Attempt] = {}
         self.bidding: set[bytes] = set()  # jobs between routing and their escrow's open
+        self._binding: bytes | None = None  # this node's address-to-DID signature
         self.waiting: set[bytes] = set()  # of those, the ones waiting for a worker with room
         self.offered: dict[str, int] = {}  # worker DID -> offers out or won, not yet assigned
         # worker DID -> our attempts there with no result in yet (kept with `active`)
@@ -168,6 +176,11 @@ class ClientRole:
             raise InvalidJobSpec("the deadline has already passed")
         if lc.escrow is None or lc.chain is None:
             raise UserError("this node has no chain configured (chain.json in its home)")
+        if not lc.arbiter_address():
+            raise UserError(
+                "no arbiter configured: set `arbiter` in settings.toml or chain.json "
+                "(an address both sides trust; never this node's own)"
+            )
         refs: dict[str, InputRef] = {}
         paths: dict[str, str] = {}
         for name, raw_path in inputs.items():
@@ -429,6 +442,8 @@ class ClientRole:
         commit_deadline = max(
             chain_now + 1, (chain_now + max(1, int(remaining_s * 0.6))) // grid * grid
         )
+        escrow_deadline = max(chain_deadline, commit_deadline + 1)
+        stake_lock = lc.settings.stake_lock_wei
         offer = Offer(
             job_id=job_id,
             spec=spec,
@@ -441,7 +456,11 @@ class ClientRole:
             escrow=lc.chain.escrow,
             arbiter=lc.arbiter_address(),
             client_eth=lc.node.identity.eth_address,
+            client_eth_sig=self._binding_sig(),
             input_providers=(lc.node.peer_id,),
+            stake_lock=stake_lock,
+            escrow_commit_deadline=commit_deadline,
+            escrow_deadline=escrow_deadline,
         )
         envelope = lc.node.seal(offer, ttl_ms=int(lc.settings.bid_timeout_s * 1000) + 5000)
         bids: list[tuple[int, int, str, Bid, str]] = []  # (price, rank, did, bid, peer)
@@ -459,6 +478,11 @@ class ClientRole:
                 return
             msg = reply.message
             if isinstance(msg, Bid) and msg.job_id == job_id and msg.attempt == number:
+                problem = self._bid_problem(offer, did, msg)
+                if problem:  # a bid the escrow would refuse: never opened, the worker penalised
+                    lc.penalise_peer(peer, "bad_terms")
+                    lc.event(job_id, number, "declined", worker=did, detail={"reason": problem})
+                    return
                 if msg.price <= max_price:
                     bids.append((msg.price, rank, did, msg, peer))
                     with lc.node.store.transaction():  # the event and its evidence: one commit
@@ -518,17 +542,17 @@ class ClientRole:
         for entry in data["explain"][str(number)]:
             if entry["reason"] == "selected":
                 entry["outcome"] = outcome.get(entry["did"], "no bid (declined or silent)")
-        stake_lock = lc.settings.stake_lock_wei
         terms = EscrowTerms(
             attempt_chain_id(job_id, number),
             Common(
                 client=lc.node.identity.eth_address,
                 arbiter=lc.arbiter_address(),
                 commit_deadline=commit_deadline,
-                deadline=max(chain_deadline, commit_deadline + 1),
+                deadline=escrow_deadline,
                 quorum=k,
             ),
             tuple(EscrowAssignment(b[3].eth_address, b[0], stake_lock) for b in winners),
+            consents=tuple(b[3].consent for b in winners),
         )
         won = [b[2] for b in winners]
         for did in won:  # the winners count as busy with our job while it is funded
@@ -609,6 +633,36 @@ class ClientRole:
             self._deactivate(job_id, attempt)
             return None
         return attempt
+
+    def _binding_sig(self) -> bytes:
+        """This node's Ethereum signature binding its address to its DID (in every Offer)."""
+        if self._binding is None:
+            self._binding = self.lc.node.identity.eth_binding().eth_sig
+        return self._binding
+
+    def _bid_problem(self, offer: Offer, did: str, bid: Bid) -> str:
+        """Why a bid cannot be used ("" if it can): its payee must be the address the
+        worker's ad binds to its DID, and with a stake lock its Consent must be the
+        worker's signature over the offer's terms at its price (or `open` would revert
+        for every job of the batch)."""
+        lc = self.lc
+        entry = lc.node.caps.get(did)
+        if entry is not None and entry.ad.eth_address.lower() != bid.eth_address.lower():
+            return "bid names a payee other than the worker's bound address"
+        if not offer.stake_lock:
+            return ""
+        if len(bid.consent) != 64 or lc.escrow is None:
+            return "bid carries no consent to the stake lock"
+        c = lc.escrow.client
+        try:
+            signer = recover_consent_signer(
+                bid.consent, c.chain.chain_id, c.address, offer_consent(offer, bid.price)
+            )
+        except SettlementError:
+            return "malformed consent"
+        if signer.lower() != bid.eth_address.lower():
+            return "consent not signed by the bidder for these terms"
+        return ""
 
     def _resume_attempt(self, job_id: bytes, data: dict[str, Any], machine: JobMachine) -> Attempt:
         """Rebuild the running attempt from the record after a restart."""
@@ -717,7 +771,7 @@ class ClientRole:
             event = Event.WORKER_FAILED if Event.WORKER_FAILED in machine.allowed() else event
         if event in machine.allowed():
             self._step(job_id, data, machine, event, detail={"reason": failure.reason})
-        lc.refunds.add(attempt.terms)
+        lc.refunds.add(attempt.terms, job_id, attempt.number)
 
     # ------------------------------------------------------------ handlers (from workers)
     def _slot(self, signed: SignedMessage, job_id: bytes, attempt: int) -> WorkerSlot:
@@ -1012,8 +1066,8 @@ class ClientRole:
             State.SUBMITTED,
         ):
             self._step(job_id, data, machine, Event.DEADLINE)
-        for info in data["attempts"].values():
-            lc.refunds.add(terms_from_json(info["terms"]))
+        for number, info in data["attempts"].items():
+            lc.refunds.add(terms_from_json(info["terms"]), job_id, int(number))
         await lc.refunds.wait_all(job_id, data)
         self._step(job_id, data, machine, Event.REFUND)
 

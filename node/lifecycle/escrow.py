@@ -3,7 +3,6 @@ per attempt, and terms as JSON for the job records and dispute bundles."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,26 +11,22 @@ from typing import Any, TypeVar
 import trio
 
 from node.chain.client import EscrowClient, TxResult
-from protocol.settlement import STATUS_OPEN, Assignment, Common, EscrowRef, EscrowTerms, terms_hash
+from protocol.consent import attempt_chain_id
+from protocol.settlement import (
+    STATUS_OPEN,
+    Assignment,
+    Common,
+    Consent,
+    EscrowRef,
+    EscrowTerms,
+    sign_consent,
+    terms_hash,
+)
 
 __all__ = ["AsyncEscrow", "attempt_chain_id", "terms_from_json", "terms_to_json"]
 
 T = TypeVar("T")
 NOW_TTL_S = 1.0
-
-
-def attempt_chain_id(job_id: bytes, attempt: int) -> bytes:
-    """The escrow key of one attempt: the job's digest for attempt 1, then a derived key.
-
-    Each attempt has its own workers and terms, so a retry opens its own escrow under its
-    own ID (records, chain events and reconciliation stay per attempt; the contract keeps
-    no index by job ID, so this is the node's rule); the failed attempt's escrow is
-    refunded at its deadline. The client releases only the attempt that verified.
-    """
-    digest = job_id[2:] if len(job_id) == 34 else job_id
-    if attempt == 1:
-        return digest
-    return hashlib.sha256(b"c0/attempt\x00" + digest + attempt.to_bytes(4, "big")).digest()
 
 
 def terms_to_json(terms: EscrowTerms) -> dict[str, Any]:
@@ -210,8 +205,11 @@ class AsyncEscrow:
 
         await self.call(stake)
 
-    async def approve_stake(self, client: str, amount: int) -> None:
-        await self.call(self.client.approve_stake, client, amount)
+    def sign_consent(self, consent: Consent) -> bytes:
+        """This node's signed Consent (a worker's, in its bid): ~0.3 ms, on the caller's
+        thread."""
+        c = self.client
+        return sign_consent(c.account.key, c.chain.chain_id, c.address, consent)
 
     @staticmethod
     def terms_hash(terms: EscrowTerms) -> bytes:

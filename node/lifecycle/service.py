@@ -193,7 +193,7 @@ class Lifecycle:
             current = str(rec.data.get("attempt"))
             for number, info in rec.data.get("attempts", {}).items():
                 if number != current and "escrow" in info.get("terms", {}):
-                    self.refunds.add(terms_from_json(info["terms"]))
+                    self.refunds.add(terms_from_json(info["terms"]), rec.job_id, int(number))
 
     # ------------------------------------------------------------ records
     def store_job(self, job_id: bytes, role: str, state: str, data: dict[str, Any]) -> None:
@@ -397,12 +397,19 @@ class Lifecycle:
         return [e for e in events if str(e.get("job_id", "")).lower() == want]
 
     # ------------------------------------------------------------ peers
+    def penalise_peer(self, peer: str, reason: str) -> None:
+        """A peer sent what it should not have (spec/job-lifecycle.md, checks per party)."""
+        self.node.penalise(peer, reason)
+
     def arbiter_address(self) -> str:
+        """The arbiter this node names in its terms and accepts in others' (the setting,
+        else the chain file's); "" if none is configured: a client then offers no work
+        (a worker refuses terms whose arbiter is their client)."""
         if self.settings.arbiter:
             return self.settings.arbiter
         if self.chain is not None and self.chain.arbiter:
             return self.chain.arbiter
-        return self.node.identity.eth_address
+        return ""
 
     def peer_of_eth(self, address: str) -> str | None:
         if address.lower() == self.node.identity.eth_address.lower():

@@ -49,7 +49,19 @@ class LifecycleSettings:
     # on a busy host the node's own protocol work for every job goes first.
     job_nice: int = 10
     stake_wei: int = 10**17  # staked at start when the node has no stake yet
-    stake_lock_wei: int = 10**14  # locked per job; lost to the client for a wrong result
+    # Asked by a client of each worker per job; lost to the client for a wrong result.
+    stake_lock_wei: int = 10**14
+    # The most a worker lets a client lock per job (it signs no Consent above this).
+    max_stake_lock_wei: int = 10**15
+    # Arbiters a worker accepts in the terms it signs; empty: only this node's own arbiter
+    # (the `arbiter` setting, else the chain file's). Never the client or the worker.
+    arbiters: tuple[str, ...] = ()
+    # A worker declines an offer whose escrow commit deadline is nearer than this (chain s).
+    min_commit_window_s: int = 5
+    # Offers a worker keeps per client while they wait for an assignment; an offer not
+    # assigned is forgotten after offer_keep_s.
+    max_offers_per_client: int = 64
+    offer_keep_s: float = 30.0
     heartbeat_s: float = 1.0
     # the behaviour a researcher injects: "honest", "wrong_output", "copy_commit"
     behaviour: str = "honest"
@@ -104,6 +116,8 @@ def load_settings(home: Path, **overrides: Any) -> LifecycleSettings:
             raise UserError(f"{path}: {exc}") from None
     if "prices" in values:
         values["prices"] = tuple(sorted(values["prices"].items()))
+    if isinstance(values.get("arbiters"), list):
+        values["arbiters"] = tuple(str(a) for a in values["arbiters"])
     known = {f.name for f in dataclasses.fields(LifecycleSettings)}
     unknown = sorted(set(values) - known)
     if unknown:

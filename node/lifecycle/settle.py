@@ -189,18 +189,31 @@ class OpenBatcher:
 
 
 class RefundKeeper:
-    """Escrows of failed attempts and abandoned jobs, refunded once their deadline passes."""
+    """Escrows of attempts this client did not release (failed, abandoned, given up), each
+    closed so that no money stays locked and only an accepted result is ever paid:
+
+    - once the reveal window is over (the deadline), an escrow where a result reached
+      quorum on chain is disputed: the client did not accept that result, and a claim
+      would pay it (a wrong result at redundancy 1, or a stalled attempt revealed late);
+      the arbiter named in the terms then rules on the evidence;
+    - otherwise it is refunded once the challenge period after the deadline is over;
+    - a dispute the arbiter leaves past the ruling deadline is lapsed (own funds back).
+    """
 
     def __init__(self, lc: Lifecycle) -> None:
         self.lc = lc
         self.pending: dict[bytes, EscrowTerms] = {}
-        self.refunded: dict[bytes, str] = {}  # chain job id -> tx
+        self.context: dict[bytes, tuple[bytes, int]] = {}  # chain id -> (job id, attempt)
+        self.refunded: dict[bytes, str] = {}  # chain job id -> tx (refund or lapse)
+        self.disputed: dict[bytes, str] = {}  # chain job id -> dispute tx
         self.closed: set[bytes] = set()
         self._changed = trio.Event()
 
-    def add(self, terms: EscrowTerms) -> None:
+    def add(self, terms: EscrowTerms, job_id: bytes | None = None, attempt: int = 0) -> None:
         if terms.job_id not in self.refunded and terms.job_id not in self.closed:
             self.pending[terms.job_id] = terms
+            if job_id is not None:
+                self.context[terms.job_id] = (job_id, attempt)
 
     async def wait_all(self, job_id: bytes, data: dict[str, Any]) -> None:
         ids = {bytes.fromhex(info["terms"]["job_id"]) for info in data["attempts"].values()}
@@ -208,29 +221,61 @@ class RefundKeeper:
             await self._changed.wait()
         data["refunds"] = {i.hex(): self.refunded.get(i) for i in ids}
 
+    def _done(self, chain_id: bytes) -> None:
+        self.pending.pop(chain_id, None)
+        self._changed.set()
+        self._changed = trio.Event()
+
     async def run(self) -> None:
         escrow = self.lc.escrow
         assert escrow is not None
+        challenge, ruling = await escrow.read(escrow.client.periods)
         while True:
             if self.pending:
                 now = await escrow.now()
                 for chain_id, terms in list(self.pending.items()):
-                    status = await escrow.status(terms)
-                    if status not in (STATUS_OPEN, STATUS_DISPUTED):
-                        self.closed.add(chain_id)  # released, claimed, refunded or resolved
-                        del self.pending[chain_id]
-                        self._changed.set()
-                        self._changed = trio.Event()
-                        continue
-                    if status == STATUS_OPEN and now >= terms.common.deadline:
-                        try:
-                            tx = await escrow.call(escrow.client.refund, terms)
-                        except SettlementError as exc:
-                            log.warning("refund %s: %s", chain_id.hex()[:12], exc.message)
-                            self.closed.add(chain_id)
-                        else:
-                            self.refunded[chain_id] = tx.tx
-                        del self.pending[chain_id]
-                        self._changed.set()
-                        self._changed = trio.Event()
+                    await self._step(chain_id, terms, now, challenge, ruling)
             await trio.sleep(1.0)  # the chain's clock moves in whole seconds
+
+    async def _step(
+        self, chain_id: bytes, terms: EscrowTerms, now: int, challenge: int, ruling: int
+    ) -> None:
+        escrow = self.lc.escrow
+        assert escrow is not None
+        deadline = terms.common.deadline
+        status = await escrow.status(terms)
+        if status not in (STATUS_OPEN, STATUS_DISPUTED):
+            self.closed.add(chain_id)  # released, claimed, refunded, resolved or lapsed
+            self._done(chain_id)
+            return
+        try:
+            if status == STATUS_DISPUTED:
+                if now >= deadline + challenge + ruling:  # the arbiter did not rule in time
+                    tx = await escrow.call(escrow.client.lapse, terms)
+                    self.refunded[chain_id] = tx.tx
+                    self._done(chain_id)
+                return
+            if now < deadline:
+                return  # workers may still reveal
+            if chain_id not in self.disputed:
+                votes = await escrow.read(escrow.client.top_votes, terms.located().seq)
+                if votes >= terms.common.quorum:
+                    tx = await escrow.call(escrow.client.dispute, terms)
+                    self.disputed[chain_id] = tx.tx
+                    log.warning(
+                        "escrow %s: an unaccepted result reached quorum; disputed",
+                        chain_id.hex()[:12],
+                    )
+                    context = self.context.get(chain_id)
+                    if context is not None:
+                        await self.lc.arbitration.dispute_unreleased(*context, terms)
+                    return
+            if now >= deadline + challenge:
+                tx = await escrow.call(escrow.client.refund, terms)
+                self.refunded[chain_id] = tx.tx
+                self._done(chain_id)
+        except SettlementError as exc:
+            log.warning("escrow %s: %s", chain_id.hex()[:12], exc.message)
+            if exc.reason in ("job already settled",):
+                self.closed.add(chain_id)
+                self._done(chain_id)

@@ -19,8 +19,16 @@ from node.executors import ExecutionRequest, ExecutionResult, Executor
 from node.executors.registry import FORK_SERVER, get_executor
 from node.lifecycle.escrow import terms_from_json, terms_on_chain
 from node.lifecycle.faults import tamper_result
+from protocol.consent import (
+    TermsPolicy,
+    TermsRefused,
+    check_assignment,
+    check_offer,
+    offer_consent,
+)
 from protocol.envelope import SignedMessage
 from protocol.errors import C0Error
+from protocol.identity import EthBinding, verify_binding
 from protocol.jobs import job_id_text
 from protocol.messages import (
     Accept,
@@ -36,17 +44,24 @@ from protocol.messages import (
     RevealCall,
 )
 from protocol.results import result_digest
-from protocol.settlement import STATUS_SETTLED, EscrowTerms, SettlementError, commit_hash
+from protocol.settlement import (
+    STATUS_DISPUTED,
+    STATUS_SETTLED,
+    EscrowTerms,
+    SettlementError,
+    commit_hash,
+)
 
 if TYPE_CHECKING:
     from node.lifecycle.service import Lifecycle
 
 __all__ = ["WorkerRole"]
 
-# An offer that no assignment followed, and a job that ended, are forgotten this long
-# after (a late receipt for an ended job is still kept as evidence until then).
+# A job that ended is forgotten this long after (a late receipt for an ended job is still
+# kept as evidence until then); an offer no assignment followed, after settings.offer_keep_s.
 _FORGET_AFTER_S = 300.0
 _PRUNE_EVERY = 64  # offers
+_BINDINGS_KEPT = 4096  # client bindings (DID, address, signature) already verified
 # The fork server (~23 MB, ~40 MB once it holds PyAV) is started when the worker bids,
 # so it is warm by the time the assignment comes, and stopped after this long idle.
 FORK_SERVER_IDLE_S = 120.0
@@ -73,6 +88,7 @@ class Refused(C0Error):
 class WorkerJob:
     offer: Offer
     client_peer: str
+    price: int = 0  # what this worker bid (and consented to be paid)
     assignment: Assignment | None = None
     terms: EscrowTerms | None = None
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -96,7 +112,8 @@ class WorkerRole:
         # Bids are refused while `capacity` jobs are taken (running or queued); at most
         # max_concurrent run at once, the others wait for a slot here, heartbeating.
         self.slots = trio.Semaphore(max(1, lc.settings.max_concurrent))
-        self.approved: dict[str, trio.Event] = {}  # client address -> approval sent
+        self._bindings: set[tuple[str, str, bytes]] = set()  # verified client bindings
+        self._offers_of: dict[str, int] = {}  # client DID -> offers kept, not yet assigned
         self.work_root = lc.node.home / "work"
         self._offers = 0
         self._warming = False
@@ -125,12 +142,57 @@ class WorkerRole:
             await trio.to_thread.run_sync(FORK_SERVER.close_if_idle, FORK_SERVER_IDLE_S)
 
     def _forget_old(self) -> None:
-        """Drop offers never assigned and jobs ended, once `_FORGET_AFTER_S` old: without
-        this, every offer a worker ever bid on stayed in memory."""
-        cutoff = time.monotonic() - _FORGET_AFTER_S
+        """Drop offers never assigned once `offer_keep_s` old, and jobs ended once
+        `_FORGET_AFTER_S` old: memory held for a client's offers stays bounded."""
+        now = time.monotonic()
+        offer_cutoff = now - self.lc.settings.offer_keep_s
+        ended_cutoff = now - _FORGET_AFTER_S
         for key, job in list(self.jobs.items()):
-            if (job.assignment is None or job.ended) and job.touched < cutoff:
+            if job.assignment is None and job.touched < offer_cutoff:
+                self._drop_offer(key, job)
+            elif job.ended and job.touched < ended_cutoff:
                 del self.jobs[key]
+
+    def _drop_offer(self, key: tuple[bytes, int], job: WorkerJob) -> None:
+        del self.jobs[key]
+        self._drop_offer_count(job)
+
+    def _drop_offer_count(self, job: WorkerJob) -> None:
+        """An assigned offer no longer counts against its client's waiting offers."""
+        client = job.offer.spec.client
+        left = self._offers_of.get(client, 1) - 1
+        if left > 0:
+            self._offers_of[client] = left
+        else:
+            self._offers_of.pop(client, None)
+
+    def policy(self) -> TermsPolicy:
+        """This worker's limits on the terms it signs (settings)."""
+        s, lc = self.lc.settings, self.lc
+        arbiters = s.arbiters or ((lc.arbiter_address(),) if lc.arbiter_address() else ())
+        return TermsPolicy(
+            own_eth=lc.node.identity.eth_address,
+            max_stake_lock=s.max_stake_lock_wei,
+            arbiters=tuple(arbiters),
+            min_commit_window_s=s.min_commit_window_s,
+        )
+
+    def _check_binding(self, offer: Offer) -> None:
+        """client_eth is the client's: its signature binds the address to the DID (the
+        envelope's signature binds the DID to the address). Verified once per binding."""
+        key = (offer.spec.client, offer.client_eth.lower(), offer.client_eth_sig)
+        if key in self._bindings:
+            return
+        try:
+            verify_binding(
+                EthBinding(offer.spec.client, offer.client_eth, b"", offer.client_eth_sig),
+                ed25519=False,
+            )
+        except C0Error as exc:
+            raise TermsRefused("client_binding", exc.message) from None
+        if len(self._bindings) >= _BINDINGS_KEPT:
+            self._bindings.clear()
+        self._bindings.add(key)
 
     # ------------------------------------------------------------ handlers
     async def on_offer(self, signed: SignedMessage, peer: str) -> Message:
@@ -160,9 +222,27 @@ class WorkerRole:
             return decline("busy")
         if offer.deadline <= now_ms():
             return decline("deadline_passed")
-        if s.stake_lock_wei:
-            await self._approve(offer.client_eth)
-        self.jobs[(offer.job_id, offer.attempt)] = WorkerJob(offer, peer)
+        key = (offer.job_id, offer.attempt)
+        known = self.jobs.get(key)
+        if known is not None and known.assignment is not None:
+            return decline("already_assigned")
+        try:  # the terms this worker would consent to: refused, the client is penalised
+            check_offer(offer, self.policy(), chain_now=await lc.escrow.now())
+            self._check_binding(offer)
+        except TermsRefused as exc:
+            lc.penalise_peer(peer, "bad_terms")
+            return decline(exc.code, exc.message[:300])
+        client = offer.spec.client
+        if known is None:
+            if self._offers_of.get(client, 0) >= s.max_offers_per_client:
+                self._forget_old()
+            if self._offers_of.get(client, 0) >= s.max_offers_per_client:
+                return decline("busy", "too many offers from this client waiting")
+            self._offers_of[client] = self._offers_of.get(client, 0) + 1
+        consent = b""
+        if offer.stake_lock:
+            consent = lc.escrow.sign_consent(offer_consent(offer, price))
+        self.jobs[key] = WorkerJob(offer, peer, price=price)
         self._warm_fork_server()
         self._offers += 1
         if self._offers % _PRUNE_EVERY == 0:
@@ -176,28 +256,8 @@ class WorkerRole:
             eth_address=lc.node.identity.eth_address,
             runtime=lc.runtime_fingerprint(offer.spec.job_class),
             has_inputs=tuple(held),
+            consent=consent,
         )
-
-    async def _approve(self, client_eth: str) -> None:
-        """One stake approval per client covers many jobs (the escrow takes locks from it).
-        A burst of offers from a new client waits for the one approval in flight instead
-        of sending one transaction each."""
-        done = self.approved.get(client_eth)
-        if done is None:
-            done = self.approved[client_eth] = trio.Event()
-            try:
-                lc = self.lc
-                assert lc.escrow is not None
-                await lc.escrow.approve_stake(client_eth, lc.settings.stake_lock_wei * 1000)
-            except BaseException:
-                del self.approved[client_eth]  # let the next offer try again
-                done.set()
-                raise
-            done.set()
-            return
-        await done.wait()
-        if client_eth not in self.approved:
-            raise Refused("stake approval failed", code="not_approved")
 
     async def on_assignment(self, signed: SignedMessage, peer: str) -> Message:
         a = signed.message
@@ -205,23 +265,31 @@ class WorkerRole:
         job = self._clients_job(signed, a.job_id, a.attempt)
         if a.worker != self.lc.node.did:
             raise Refused("the assignment names another worker", code="wrong_worker")
+        if self.lc.escrow is None:
+            raise Refused("this worker settles on no chain", code="no_chain")
+        if job.assignment is not None:
+            # The same assignment again (a retry): accepted once, answered again; another
+            # one for an attempt already under way is refused.
+            if a.terms_hash == job.assignment.terms_hash and a.terms == job.assignment.terms:
+                return Accept(job_id=a.job_id, attempt=a.attempt, terms_hash=a.terms_hash)
+            raise Refused("this attempt is already assigned", code="duplicate_assignment")
         try:
             terms = terms_from_json(a.terms)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Refused(f"bad terms: {exc}", code="bad_terms") from None
-        me = self.lc.node.identity.eth_address.lower()
-        mine = [x for x in terms.assignments if x.worker.lower() == me]
-        if (
-            terms.job_id != a.chain_job_id
-            or self.lc.escrow is None
-            or self.lc.escrow.terms_hash(terms) != a.terms_hash
-            or len(mine) != 1
-            or terms.common.client.lower() != job.offer.client_eth.lower()
-        ):
+        except Exception as exc:  # a peer's data: any shape at all
+            raise Refused(f"bad terms: {type(exc).__name__}", code="bad_terms") from None
+        try:
+            check_assignment(terms, job.offer, job.price, self.lc.node.identity.eth_address)
+        except TermsRefused as exc:
+            self.lc.penalise_peer(peer, "bad_terms")
+            raise Refused(exc.message, code=exc.code) from None
+        if terms.job_id != a.chain_job_id or self.lc.escrow.terms_hash(terms) != a.terms_hash:
             raise Refused("terms do not match the assignment", code="bad_terms")
         # The escrow must hold the money before any work starts.
         if not await terms_on_chain(self.lc.escrow, terms):
             raise Refused("no open escrow with these terms on chain", code="not_funded")
+        if job.assignment is not None:  # another assignment won the race while we read
+            raise Refused("this attempt is already assigned", code="duplicate_assignment")
+        self._drop_offer_count(job)
         job.assignment, job.terms = a, terms
         self.lc.record_worker(job, "assigned")
         self.running += 1
@@ -487,9 +555,14 @@ class WorkerRole:
             await self._sleep_until_chain(terms.common.commit_deadline)
             await escrow.call(escrow.client.reveal, terms, result_hash, salt)
             lc.record_worker(job, "revealed_on_chain")
-            await self._sleep_until_chain(terms.common.deadline)
-            if await escrow.status(terms) == STATUS_SETTLED:
+            challenge, _ = await escrow.read(escrow.client.periods)
+            await self._sleep_until_chain(terms.common.deadline + challenge)
+            status = await escrow.status(terms)
+            if status == STATUS_SETTLED:
                 lc.record_worker(job, "released")
+                return
+            if status == STATUS_DISPUTED:  # the arbiter decides; nothing to claim
+                lc.record_worker(job, "disputed")
                 return
             await escrow.call(escrow.client.claim, terms, result_hash)
             lc.record_worker(job, "claimed")

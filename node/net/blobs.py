@@ -4,7 +4,8 @@ Request (client -> server): one control frame `{"get": sha256, "offset": n}`.
 Reply: `{"size": total, "offset": n}`, then data frames of at most `chunk_size` bytes,
 then an empty frame; or `{"error": reason, "detail": text}`. The client hashes what it
 receives and keeps the blob only if the SHA-256 matches; an interrupted transfer leaves
-a partial file that the next fetch resumes from.
+a partial file that the next fetch resumes from. Every read has a timeout, and a whole
+transfer a deadline (`min_rate_bytes_s`), so a peer trickling bytes cannot hold a fetch.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class BlobService:
             await _send_quietly(stream, error_frame(exc.reason, exc.detail))
         except trio.BrokenResourceError:
             pass
+        except Exception as exc:  # the request was checked: this node failed (store, disk)
+            log.warning("blob: serving %s failed: %s", peer_id, type(exc).__name__, exc_info=exc)
+            await stream.reset()  # mid-transfer an error frame would read as data
         finally:
             self._active[peer_id] -= 1
             if not self._active[peer_id]:
@@ -124,17 +128,33 @@ class BlobService:
         await stream.write(b"\x00")
 
     # ------------------------------------------------------------ client
-    async def fetch(self, peer_id: str, sha256: bytes, size: int, dest: Path | None = None) -> Path:
+    async def fetch(
+        self,
+        peer_id: str,
+        sha256: bytes,
+        size: int,
+        dest: Path | None = None,
+        *,
+        deadline_s: float | None = None,
+    ) -> Path:
         """Fetch a blob from `peer_id` into the store (and copy it to `dest`); return its path.
 
-        Already held: no transfer. Raises RemoteRefused (e.g. not_found),
-        PeerProtocolError (bad bytes; the peer is penalised and the partial file dropped),
-        trio.TooSlowError or trio.BrokenResourceError (the partial file is kept to resume).
+        Already held: no transfer. The transfer (opening the stream to the last byte) must
+        end within `deadline_s`; by default `request_timeout_s + size / min_rate_bytes_s`
+        (BlobConfig.min_rate_bytes_s, 256 KiB/s unless configured), on top of the limit
+        on every read. Raises ValueError (a size above `max_blob_size`: before any stream
+        is opened), RemoteRefused (e.g. not_found), PeerProtocolError (the peer is
+        penalised: bad bytes, and the partial file is dropped; or `timeout`, a read or
+        the whole transfer too slow, and the partial file is kept to resume),
+        trio.TooSlowError (no stream within `request_timeout_s`) or
+        trio.BrokenResourceError (the partial file is kept to resume).
         """
         if len(sha256) != 32:
             raise ValueError("sha256 must be 32 bytes")
         if not 0 <= size <= self.config.max_blob_size:
             raise ValueError(f"size {size} outside 0..{self.config.max_blob_size}")
+        if deadline_s is None:
+            deadline_s = self.request_timeout_s + size / self.config.min_rate_bytes_s
         # Held already (the index implies a complete file): no lock. Taking even a free
         # trio lock is a turn of the event loop, and a client verifying a burst of equal
         # results (every noop job's) found its artifact held ~150 times in a row.
@@ -142,7 +162,7 @@ class BlobService:
             lock = self._fetching.setdefault(sha256, trio.Lock())
             async with lock:
                 if not self.store.has(sha256):
-                    await self._fetch(peer_id, sha256, size)
+                    await self._fetch(peer_id, sha256, size, deadline_s)
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._fetching.pop(sha256, None)
         path = self.store.path_of(sha256)
@@ -151,7 +171,7 @@ class BlobService:
             return Path(dest)
         return path
 
-    async def _fetch(self, peer_id: str, sha256: bytes, size: int) -> None:
+    async def _fetch(self, peer_id: str, sha256: bytes, size: int, deadline_s: float) -> None:
         part = self.store.partial_path(sha256)
         hasher = hashlib.sha256()
         offset = 0
@@ -164,22 +184,31 @@ class BlobService:
                 with part.open("rb") as f:
                     while chunk := f.read(1 << 20):
                         hasher.update(chunk)
-        with trio.fail_after(self.request_timeout_s):
-            stream = await self.open_stream(peer_id, BLOB_PROTOCOL)
-        ok = False
-        try:
-            await self._receive(stream, peer_id, sha256, size, offset, part, hasher)
-            ok = True
-        except PeerProtocolError as exc:
-            self.penalise(peer_id, exc.reason)
-            if exc.reason in ("hash_mismatch", "oversized", "protocol_violation"):
-                part.unlink(missing_ok=True)  # bytes we cannot trust: start afresh next time
-            raise
-        finally:
-            if ok:
-                await stream.close()
-            else:
-                await stream.reset()
+        opened = ok = False
+        with trio.move_on_after(deadline_s) as transfer:
+            with trio.fail_after(self.request_timeout_s):
+                stream = await self.open_stream(peer_id, BLOB_PROTOCOL)
+            opened = True
+            try:
+                await self._receive(stream, peer_id, sha256, size, offset, part, hasher)
+                ok = True
+            except PeerProtocolError as exc:
+                self.penalise(peer_id, exc.reason)
+                if exc.reason in ("hash_mismatch", "oversized", "protocol_violation"):
+                    part.unlink(missing_ok=True)  # bytes we cannot trust: start afresh
+                raise
+            finally:
+                # even past the deadline (shielded), but not for long
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
+                    if ok:
+                        await stream.close()
+                    else:
+                        await stream.reset()
+        if transfer.cancelled_caught and not opened:
+            raise trio.TooSlowError(f"no blob stream to {peer_id} within {deadline_s:g} s")
+        if transfer.cancelled_caught:  # a trickle: each read in time, the whole too slow
+            self.penalise(peer_id, "timeout")  # the partial file stays, as after a read timeout
+            raise PeerProtocolError("timeout", f"{size} bytes not received within {deadline_s:g} s")
         await self.store.commit_async(sha256, part, size)
 
     async def _receive(

@@ -47,6 +47,7 @@ __all__ = [
     "Penalise",
     "RemoteRefused",
     "RequestTimeout",
+    "refusal_for",
 ]
 
 NEGOTIATE_PROTOCOL = "/c0/negotiate/1.0.0"
@@ -76,6 +77,27 @@ class RequestTimeout(C0Error):
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# The node's own I/O failing while it handles a request (a disk, a stream to another
+# peer): not the asking peer's fault, so no penalty.
+_LOCAL_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def refusal_for(exc: Exception, peer_id: str, what: str) -> C0Error:
+    """The typed refusal for an exception nobody raised on purpose while this node handled
+    `what` from `peer_id`: a bug, or input no check foresaw. Logged here at warning level
+    with its traceback; the peer is told the exception's type only.
+
+    `bad_request` (a PeerProtocolError: the caller penalises the peer) for anything but
+    the node's own I/O failing, which is `internal_error` (a C0Error: no penalty).
+    Exceptions that are not `Exception` (trio.Cancelled, KeyboardInterrupt) never get here.
+    """
+    name = type(exc).__name__
+    log.warning("%s from %s raised %s", what, peer_id, name, exc_info=exc)
+    if isinstance(exc, _LOCAL_FAILURES):
+        return C0Error(f"{what} failed on this node ({name})", code="internal_error")
+    return PeerProtocolError("bad_request", f"{what} raised {name}")
 
 
 def signer_peer(signed: SignedMessage) -> str:
@@ -215,6 +237,16 @@ class Negotiator:
         await stream.close()
 
     async def _handle(self, payload: bytes, peer_id: str) -> bytes:
+        """The reply frame to one request; every failure is a C0Error (PeerProtocolError:
+        the peer is at fault), so that one peer's request never stops the node."""
+        try:
+            return await self._handle_request(payload, peer_id)
+        except C0Error:
+            raise
+        except Exception as exc:  # not trio.Cancelled, not KeyboardInterrupt: BaseException
+            raise refusal_for(exc, peer_id, "a request") from None
+
+    async def _handle_request(self, payload: bytes, peer_id: str) -> bytes:
         if is_control(payload):
             raise PeerProtocolError("unexpected_type", "a request must be an envelope")
         signed = self._open_from(payload, peer_id, "the envelope is not signed by this peer")
@@ -259,16 +291,12 @@ class Negotiator:
 
     async def _handle_item(self, item: bytes, peer_id: str) -> bytes:
         try:
-            if is_control(item):
-                raise PeerProtocolError("unexpected_type", "a batch item must be an envelope")
-            signed = self._open_from(item, peer_id, "a batch item is not signed by this peer")
-            if isinstance(signed.message, Batch):
-                raise PeerProtocolError("malformed", "batches do not nest")
-            handler = self.handlers.get(signed.message.TYPE)
-            if handler is None:
-                raise C0Error(f"no handler for {signed.message.TYPE}", code="unsupported")
-            with trio.fail_after(self.config.handler_timeout_s):
-                reply = await handler(signed, peer_id)
+            try:
+                return await self._handle_item_request(item, peer_id)
+            except (C0Error, trio.TooSlowError):
+                raise
+            except Exception as exc:  # as in `_handle`: a refusal for this item alone
+                raise refusal_for(exc, peer_id, "a batch item") from None
         except PeerProtocolError as exc:
             log.info("negotiate: %s in a batch from %s: %s", exc.reason, peer_id, exc.detail)
             self.penalise(peer_id, exc.reason)
@@ -277,6 +305,18 @@ class Negotiator:
             return codec.encode({"error": "handler_timeout", "detail": "handler took too long"})
         except C0Error as exc:
             return codec.encode({"error": exc.code, "detail": exc.message[:200]})
+
+    async def _handle_item_request(self, item: bytes, peer_id: str) -> bytes:
+        if is_control(item):
+            raise PeerProtocolError("unexpected_type", "a batch item must be an envelope")
+        signed = self._open_from(item, peer_id, "a batch item is not signed by this peer")
+        if isinstance(signed.message, Batch):
+            raise PeerProtocolError("malformed", "batches do not nest")
+        handler = self.handlers.get(signed.message.TYPE)
+        if handler is None:
+            raise C0Error(f"no handler for {signed.message.TYPE}", code="unsupported")
+        with trio.fail_after(self.config.handler_timeout_s):
+            reply = await handler(signed, peer_id)
         if reply is None:
             return codec.encode({"ok": True})
         return seal(self.identity, reply, now=_now_ms())

@@ -21,6 +21,7 @@ PENALTY_WEIGHTS: dict[str, float] = {
     "wrong_algorithm": 50.0,
     "hash_mismatch": 50.0,
     "malformed": 40.0,
+    "bad_request": 40.0,  # a request that made a handler raise what nobody raised on purpose
     "non_canonical": 40.0,
     "truncated": 20.0,
     "oversized": 40.0,
@@ -36,6 +37,7 @@ PENALTY_WEIGHTS: dict[str, float] = {
     "stale_seq": 10.0,
     "busy": 1.0,  # an honest client in a burst hits the stream limit too; floods still add up
     "protocol_violation": 30.0,
+    "bad_terms": 30.0,  # escrow terms a worker never agreed to (consent.py's codes)
 }
 DEFAULT_WEIGHT = 20.0
 

@@ -5,8 +5,11 @@
 @notice Funds a job before work starts and pays it only after verification:
         by a receipt the client signs (EIP-712, batched), by a quorum of
         commit-then-reveal results, by a refund after the deadline, or by the
-        arbiter named in the terms after a dispute. spec/settlement.md is the
-        normative description; this file implements it.
+        arbiter named in the terms after a dispute. A worker's stake is locked only
+        on terms the worker signed (an EIP-712 `Consent`), and a dispute the
+        arbiter leaves unresolved lapses at a deadline on chain, returning every
+        party's own funds. spec/settlement.md is the normative description; this
+        file implements it.
 @dev    Escrows are numbered: `open` gives the jobs of one call consecutive
         sequence numbers and keeps ONE storage slot for the whole batch, the
         commitment keccak256(root, size) to a Merkle tree whose leaves are the jobs'
@@ -22,15 +25,20 @@ MAX_WORKERS: constant(uint256) = 5
 MAX_BATCH: constant(uint256) = 64
 MAX_GROUPS: constant(uint256) = 8
 MAX_DEPTH: constant(uint256) = 6  # 2**MAX_DEPTH == MAX_BATCH
+MAX_CONSENT_WORDS: constant(uint256) = 10  # 2 * MAX_WORKERS: one compact signature each
 
 EIP712_DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
 RELEASE_TYPEHASH: constant(bytes32) = keccak256("Release(uint256[] escrows,uint256 expires)")
+CONSENT_TYPEHASH: constant(bytes32) = keccak256(
+    "Consent(bytes32 job,address client,address arbiter,uint256 quorum,uint256 workers,uint256 commit_deadline,uint256 deadline,uint256 payout,uint256 stake_lock)"
+)
 DOMAIN_NAME_HASH: constant(bytes32) = keccak256("c0-escrow")
 DOMAIN_VERSION_HASH: constant(bytes32) = keccak256("1")
 # secp256k1n / 2: signatures with a larger s are malleable copies (EIP-2)
 HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080035488
+LOW_255_BITS: constant(uint256) = 57896044618658097711785492504343953926634992332820282019728792003956564819967
 
 
 struct Assignment:
@@ -79,11 +87,6 @@ event Staked:
 
 event Unstaked:
     worker: indexed(address)
-    amount: uint256
-
-event StakeApproval:
-    worker: indexed(address)
-    client: indexed(address)
     amount: uint256
 
 # batched happy path: one event per call, carrying every job ID (cf. ERC-1155 TransferBatch)
@@ -143,14 +146,25 @@ event Slashed:
     seq: uint256
     amount: uint256
 
+# a dispute its arbiter left unresolved past the ruling deadline: own funds back
+event Lapsed:
+    job_id: indexed(bytes32)
+    client: indexed(address)
+    seq: uint256
+    amount: uint256
+
 
 TOKEN: public(immutable(address))  # empty(address) = native ether (the only kind today)
+# seconds after a job's deadline during which its client or a worker may still dispute;
+# claims and refunds wait for it to pass
+CHALLENGE_PERIOD: public(immutable(uint256))
+# seconds after the challenge period the arbiter has to resolve a dispute; then it lapses
+RULING_PERIOD: public(immutable(uint256))
 CACHED_CHAIN_ID: immutable(uint256)
 CACHED_DOMAIN_SEPARATOR: immutable(bytes32)
 
 balances: public(HashMap[address, uint256])
 stakes: public(HashMap[address, uint256])
-stake_allowance: public(HashMap[address, HashMap[address, uint256]])  # worker -> client
 batches: public(HashMap[uint256, bytes32])  # first seq -> keccak256(root, size)
 closed_words: HashMap[uint256, uint256]
 disputed_words: HashMap[uint256, uint256]
@@ -162,9 +176,13 @@ top_votes: public(HashMap[uint256, uint256])
 
 
 @deploy
-def __init__(token: address):
+def __init__(token: address, challenge_period: uint256, ruling_period: uint256):
     assert token == empty(address), "only native ether is supported"
+    assert challenge_period > 0 and ruling_period > 0, "periods must be positive"
+    assert challenge_period <= 31536000 and ruling_period <= 31536000, "periods above a year"
     TOKEN = token
+    CHALLENGE_PERIOD = challenge_period
+    RULING_PERIOD = ruling_period
     CACHED_CHAIN_ID = chain.id
     CACHED_DOMAIN_SEPARATOR = self._domain_separator()
 
@@ -205,13 +223,6 @@ def unstake(amount: uint256):
     self.stakes[msg.sender] -= amount
     self.balances[msg.sender] += amount
     log Unstaked(worker=msg.sender, amount=amount)
-
-
-@external
-def approve_stake(client: address, amount: uint256):
-    assert client != empty(address), "zero address"
-    self.stake_allowance[msg.sender][client] = amount
-    log StakeApproval(worker=msg.sender, client=client, amount=amount)
 
 
 # ---------------------------------------------------------------- terms
@@ -339,10 +350,50 @@ def _root(leaves: DynArray[bytes32, MAX_BATCH]) -> bytes32:
     return level[0]
 
 
+@internal
+@view
+def _consent_signer(
+    domain: bytes32, job_id: bytes32, c: Common, workers: uint256, a: Assignment, r: bytes32, vs: bytes32
+) -> address:
+    """Who signed `Consent` for this assignment (EIP-712; `r`, `vs` a compact EIP-2098
+    signature); empty(address) if the signature is malformed or recovers nothing."""
+    struct_hash: bytes32 = keccak256(
+        abi_encode(
+            CONSENT_TYPEHASH,
+            job_id,
+            c.client,
+            c.arbiter,
+            c.quorum,
+            workers,
+            c.commit_deadline,
+            c.deadline,
+            a.payout,
+            a.stake_lock,
+        )
+    )
+    digest: bytes32 = keccak256(concat(b"\x19\x01", domain, struct_hash))
+    word: uint256 = convert(vs, uint256)
+    s: uint256 = word & LOW_255_BITS
+    rr: uint256 = convert(r, uint256)
+    if rr == 0 or s == 0 or s > HALF_N:
+        return empty(address)
+    return ecrecover(digest, 27 + (word >> 255), rr, s)
+
+
 @external
-def open(commons: DynArray[Common, MAX_GROUPS], jobs: DynArray[Job, MAX_BATCH]):
-    """Open escrows for `jobs` (job IDs strictly ascending); the caller is the client of every group."""
+def open(
+    commons: DynArray[Common, MAX_GROUPS],
+    jobs: DynArray[Job, MAX_BATCH],
+    consents: DynArray[DynArray[bytes32, MAX_CONSENT_WORDS], MAX_BATCH],
+):
+    """Open escrows for `jobs` (job IDs strictly ascending); the caller is the client of every group.
+    `consents[j]` holds two words (a compact signature) per assignment of job j, in order: the
+    worker's signed `Consent` to these terms, required where its stake lock is not zero."""
     assert len(jobs) > 0, "no jobs"
+    assert len(consents) == len(jobs), "one consent list per job"
+    domain: bytes32 = CACHED_DOMAIN_SEPARATOR
+    if chain.id != CACHED_CHAIN_ID:
+        domain = self._domain_separator()
     common_hashes: DynArray[bytes32, MAX_GROUPS] = []
     for c: Common in commons:
         self._check_common(c)
@@ -352,7 +403,8 @@ def open(commons: DynArray[Common, MAX_GROUPS], jobs: DynArray[Job, MAX_BATCH]):
     ids: DynArray[bytes32, MAX_BATCH] = []
     leaves: DynArray[bytes32, MAX_BATCH] = []
     previous: uint256 = 0
-    for job: Job in jobs:
+    for j: uint256 in range(len(jobs), bound=MAX_BATCH):
+        job: Job = jobs[j]
         assert job.group < len(commons), "bad group index"
         c: Common = commons[job.group]
         n: uint256 = len(job.assignments)
@@ -363,6 +415,7 @@ def open(commons: DynArray[Common, MAX_GROUPS], jobs: DynArray[Job, MAX_BATCH]):
         assert id_value != previous, "duplicate job id"
         assert id_value > previous, "job ids must ascend"
         previous = id_value
+        assert len(consents[j]) == 2 * n, "two consent words per worker"
         for i: uint256 in range(n, bound=MAX_WORKERS):
             a: Assignment = job.assignments[i]
             assert a.worker != empty(address), "zero address"
@@ -370,9 +423,11 @@ def open(commons: DynArray[Common, MAX_GROUPS], jobs: DynArray[Job, MAX_BATCH]):
                 assert job.assignments[k].worker != a.worker, "duplicate worker"
             total += a.payout
             if a.stake_lock > 0:
-                assert self.stake_allowance[a.worker][msg.sender] >= a.stake_lock, "stake lock not approved by worker"
+                signer: address = self._consent_signer(
+                    domain, job.job_id, c, n, a, consents[j][2 * i], consents[j][2 * i + 1]
+                )
+                assert signer == a.worker, "stake lock without the worker's consent"
                 assert self.stakes[a.worker] >= a.stake_lock, "worker stake too low"
-                self.stake_allowance[a.worker][msg.sender] -= a.stake_lock
                 self.stakes[a.worker] -= a.stake_lock
         total += c.verifier_fee
         leaves.append(self._terms_hash(job.job_id, common_hashes[job.group], job.assignments))
@@ -523,10 +578,11 @@ def reveal(c: Common, job: Job, ref: Ref, result_hash: bytes32, salt: bytes32):
 
 @external
 def claim(c: Common, job: Job, ref: Ref, result_hash: bytes32):
-    """After the deadline: pay the workers whose reveals reached quorum, slash the rest."""
+    """After the challenge period: pay the workers whose reveals reached quorum, slash those
+    that committed and revealed another result or none."""
     seq: uint256 = self._load(c, job, ref)
     assert not self._is_disputed(seq), "job is disputed"
-    assert block.timestamp >= c.deadline, "claim before the deadline"
+    assert block.timestamp >= c.deadline + CHALLENGE_PERIOD, "claim before the challenge period ends"
     assert result_hash != empty(bytes32), "zero result hash"
     assert self.votes[seq][result_hash] >= c.quorum, "no quorum for this result"
     self._close(seq)
@@ -537,10 +593,15 @@ def claim(c: Common, job: Job, ref: Ref, result_hash: bytes32):
             self.balances[a.worker] += a.payout
             self.stakes[a.worker] += a.stake_lock
             paid += a.payout
-        else:
+        elif self.commitments[seq][a.worker] != empty(bytes32):
+            # committed, then revealed another result or none: its stake lock is slashed
             to_client += a.payout + a.stake_lock
             if a.stake_lock > 0:
                 log Slashed(job_id=job.job_id, worker=a.worker, seq=seq, amount=a.stake_lock)
+        else:
+            # never committed (it may never have seen this escrow): no pay, its stake back
+            to_client += a.payout
+            self.stakes[a.worker] += a.stake_lock
     self.balances[c.client] += to_client
     log Claimed(job_id=job.job_id, seq=seq, result_hash=result_hash, paid=paid)
 
@@ -550,10 +611,10 @@ def claim(c: Common, job: Job, ref: Ref, result_hash: bytes32):
 
 @external
 def refund(c: Common, job: Job, ref: Ref):
-    """After the deadline, with nothing released or claimable: money back to the client."""
+    """After the challenge period, with nothing released or claimable: money back to the client."""
     seq: uint256 = self._load(c, job, ref)
     assert not self._is_disputed(seq), "job is disputed"
-    assert block.timestamp >= c.deadline, "refund before the deadline"
+    assert block.timestamp >= c.deadline + CHALLENGE_PERIOD, "refund before the challenge period ends"
     assert self.top_votes[seq] < c.quorum, "a result reached quorum; claim it"
     self._close(seq)
     for a: Assignment in job.assignments:
@@ -568,10 +629,11 @@ def refund(c: Common, job: Job, ref: Ref):
 
 @external
 def dispute(c: Common, job: Job, ref: Ref):
-    """Freeze a job until its arbiter resolves it; the client or an assigned worker, before the deadline."""
+    """Freeze a job until its arbiter resolves it (or the dispute lapses); the client or an
+    assigned worker, before the challenge period ends."""
     seq: uint256 = self._load(c, job, ref)
     assert not self._is_disputed(seq), "job is disputed"
-    assert block.timestamp < c.deadline, "dispute after the deadline"
+    assert block.timestamp < c.deadline + CHALLENGE_PERIOD, "dispute after the challenge period"
     if msg.sender != c.client:
         self._worker_index(job.assignments, msg.sender)
     self.disputed_words[seq >> 8] |= 1 << (seq & 255)
@@ -591,6 +653,7 @@ def resolve(
     seq: uint256 = self._load(c, job, ref)
     assert msg.sender == c.arbiter, "only the arbiter resolves"
     assert self._is_disputed(seq), "job is not disputed"
+    assert block.timestamp < c.deadline + CHALLENGE_PERIOD + RULING_PERIOD, "ruling period over"
     n: uint256 = len(job.assignments)
     assert len(worker_pay) == n and len(slash) == n, "one amount per worker"
     assert verifier_pay == 0 or c.verifier != empty(address), "zero address"
@@ -623,13 +686,28 @@ def resolve(
     )
 
 
+@external
+def lapse(c: Common, job: Job, ref: Ref):
+    """A dispute its arbiter did not resolve by the ruling deadline: anyone may close it;
+    the client gets the escrowed amount back and every worker its stake lock."""
+    seq: uint256 = self._load(c, job, ref)
+    assert self._is_disputed(seq), "job is not disputed"
+    assert block.timestamp >= c.deadline + CHALLENGE_PERIOD + RULING_PERIOD, "ruling period not over"
+    self._close(seq)
+    for a: Assignment in job.assignments:
+        self.stakes[a.worker] += a.stake_lock
+    amount: uint256 = self._escrowed(c, job.assignments)
+    self.balances[c.client] += amount
+    log Lapsed(job_id=job.job_id, client=c.client, seq=seq, amount=amount)
+
+
 # ---------------------------------------------------------------- views
 
 
 @external
 @view
 def status(seq: uint256) -> uint256:
-    """0 never opened, 1 open, 2 disputed, 3 settled (released, claimed, refunded or resolved)."""
+    """0 never opened, 1 open, 2 disputed, 3 settled (released, claimed, refunded, resolved or lapsed)."""
     if seq >= self.next_seq:
         return 0
     if self._is_closed(seq):

@@ -20,6 +20,8 @@ from node.net.memory import MemoryHub
 from node.store import JobRecord
 from protocol.identity import Identity
 from protocol.jobs import job_id_from_text
+from testnet.chain import ABSENT_ARBITER
+from testnet.invariants import check_money, terms_of_records
 from tests.net.conftest import ident
 
 Settings = Callable[[int], LifecycleSettings]
@@ -76,6 +78,23 @@ class Swarm:
         scope = await self.nursery.start(_run, node, lc, stopped)
         self.lifecycles[i], self.scopes[i] = lc, (scope, stopped)
         return lc
+
+    async def check_money(self) -> None:
+        """The money invariants (testnet/invariants.py), read from the chain at the end of
+        every test on this swarm, over the escrows the running clients recorded."""
+        from node.store import DB_FILE, Store
+
+        records = []
+        for i in range(len(self.identities)):
+            store = Store(self.tmp / f"n{i}" / DB_FILE)  # a killed node's records too
+            try:
+                records += store.jobs()
+            finally:
+                store.close()
+        accounts = [i.eth_address for i in self.identities]
+        async with self.lock:
+            problems = check_money(self.client_escrow(), accounts, terms_of_records(records))
+        assert not problems, problems
 
     async def kill(self, i: int) -> None:
         """Stop node `i` at once, as a crash would, and wait until it is gone."""
@@ -140,7 +159,7 @@ async def memory_swarm(
     identities = [ident(100 + i) for i in range(workers + 1)]
     for identity in identities:
         fund(chain, identity.eth_address, 10**19)
-    arbiter = identities[arbiter_index].eth_address if arbiter_index is not None else ""
+    arbiter = identities[arbiter_index].eth_address if arbiter_index is not None else ABSENT_ARBITER
     info = ChainInfo("embedded", chain.chain_id, escrow.address, arbiter)
     chain_lock = trio.Lock()  # every node's escrow calls and the block producer share it
     async with trio.open_nursery() as nursery:
@@ -161,6 +180,7 @@ async def memory_swarm(
         for i in range(len(identities)):
             await swarm.start(i)
         yield swarm
+        await swarm.check_money()
         nursery.cancel_scope.cancel()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from node.lifecycle import worker as worker_module
 from node.lifecycle.escrow import terms_from_json
 from protocol.jobs import job_id_from_text
-from protocol.settlement import STATUS_SETTLED
+from protocol.settlement import DEV_CHALLENGE_PERIOD, STATUS_SETTLED
 from tests.lifecycle.conftest import (
     memory_swarm,
     offering,
@@ -165,7 +166,7 @@ async def test_dead_worker_is_replaced_and_nobody_is_paid_twice(tmp_path: Path) 
         await swarm.kill(0)
         restarted = await swarm.start(0)
         assert first.job_id in restarted.refunds.pending  # its deadline is ~2 minutes away
-        swarm.chain.advance_time(130)
+        swarm.chain.advance_time(130 + DEV_CHALLENGE_PERIOD)
         await wait_for(lambda: first.job_id in restarted.refunds.refunded, 60)
         assert swarm.client_escrow().job_status(first) == STATUS_SETTLED
 
@@ -349,8 +350,13 @@ async def test_a_worker_forgets_lost_offers_and_ended_jobs(
         assert sum(len(w.jobs) for w in workers) == 2
         monkeypatch.setattr(worker_module, "_FORGET_AFTER_S", -1.0)
         for w in workers:
+            w._forget_old()  # the ended job goes; the lost offer waits for offer_keep_s
+        assert sum(len(w.jobs) for w in workers) == 1
+        for w in workers:
+            w.lc.settings = dataclasses.replace(w.lc.settings, offer_keep_s=-1.0)
             w._forget_old()
         assert [w.jobs for w in workers] == [{}, {}]
+        assert [w._offers_of for w in workers] == [{}, {}]  # no offer counted for the client
 
 
 async def test_a_lone_worker_reveals_without_a_separate_commit(tmp_path: Path) -> None:

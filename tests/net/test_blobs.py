@@ -158,3 +158,117 @@ async def test_size_limit(nursery: trio.Nursery, tmp_path: Path) -> None:
     net = Net(nursery, tmp_path, BlobConfig(max_blob_size=1000))
     with pytest.raises(ValueError, match="outside"):
         await net.client.fetch(SERVER, bytes(32), 1001)
+
+
+def trickle(data: bytes, every_s: float):  # type: ignore[no-untyped-def]
+    """A serving peer that answers properly, then sends one byte of data every `every_s`
+    seconds: each read is well within the read timeout, the whole is endless."""
+
+    async def serve(stream: ByteStream, peer: str) -> None:
+        await stream.read(1000)
+        try:
+            await stream.write(encode_control({"size": len(data), "offset": 0}))
+            for byte in data:
+                await trio.sleep(every_s)
+                await stream.write(encode_frame(bytes([byte])))
+            await stream.write(b"\x00")
+        except trio.BrokenResourceError:
+            pass  # the client gave up
+
+    return serve
+
+
+async def test_a_trickling_peer_fails_the_fetch_at_its_overall_deadline(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every read arrives in time (one byte each 5 s, read timeout 30 s), but the
+    transfer must end by request_timeout_s + size / min_rate_bytes_s: then it fails
+    with the read timeout's error, the peer is penalised, the partial file is kept,
+    and a normal fetch of the same blob (resuming) succeeds."""
+    net = Net(nursery, tmp_path, BlobConfig(chunk_size=4096, min_rate_bytes_s=100))
+    data = os.urandom(1_000)
+    sha = net.server.put_bytes(data)
+    net.serve = trickle(data, every_s=5.0)
+    deadline = net.client.request_timeout_s + len(data) / 100  # 10 + 10 s
+    start = trio.current_time()
+    with pytest.raises(PeerProtocolError) as err:
+        await net.client.fetch(SERVER, sha, len(data))
+    assert err.value.reason == "timeout"  # as a read timeout
+    assert trio.current_time() - start == pytest.approx(deadline)  # virtual time
+    assert net.client_penalties.reasons(SERVER) == ["timeout"]
+    assert not net.client.has(sha)
+    part = net.client.store.partial_path(sha)
+    kept = part.read_bytes()
+    assert 0 < len(kept) < len(data)
+    assert data.startswith(kept)  # kept to resume, as after other timeouts
+    net.serve = net.server.serve_stream
+    assert (await net.client.fetch(SERVER, sha, len(data))).read_bytes() == data
+    assert net.server.bytes_served == len(data) - len(kept)  # it resumed
+
+
+async def test_an_explicit_deadline_bounds_the_transfer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = Net(nursery, tmp_path)
+    data = os.urandom(100)
+    sha = net.server.put_bytes(data)
+    net.serve = trickle(data, every_s=1.0)
+    start = trio.current_time()
+    with pytest.raises(PeerProtocolError) as err:
+        await net.client.fetch(SERVER, sha, len(data), deadline_s=7.5)
+    assert err.value.reason == "timeout"
+    assert trio.current_time() - start == pytest.approx(7.5)
+    # a generous deadline lets the same slow peer finish: 100 bytes at 1 byte/s
+    net.client.store.partial_path(sha).unlink()
+    path = await net.client.fetch(SERVER, sha, len(data), deadline_s=200)
+    assert path.read_bytes() == data
+    assert net.client_penalties.reasons(SERVER) == ["timeout"]
+
+
+async def test_a_normal_fetch_is_well_within_the_default_deadline(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    net = Net(nursery, tmp_path, BlobConfig(chunk_size=4096, min_rate_bytes_s=100))
+    data = os.urandom(50_000)  # deadline 10 + 500 s; memory streams take no time
+    sha = net.server.put_bytes(data)
+    assert (await net.client.fetch(SERVER, sha, len(data))).read_bytes() == data
+    assert net.client_penalties.calls == []
+
+
+async def test_max_blob_size_is_checked_before_any_stream_is_opened(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    net = Net(nursery, tmp_path, BlobConfig(max_blob_size=1000))
+    dialled: list[str] = []
+
+    async def dial(peer: str, protocol: str) -> ByteStream:
+        dialled.append(peer)
+        raise AssertionError("no stream may be opened for a blob above the limit")
+
+    net.client.open_stream = dial
+    with pytest.raises(ValueError, match="outside"):
+        await net.client.fetch(SERVER, bytes(32), 1001)
+    assert dialled == []
+    assert not net.client.store.partial_path(bytes(32)).exists()
+
+
+async def test_the_server_failing_on_its_side_resets_the_stream_and_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception nobody raised on purpose while serving (the store, the disk) is
+    logged with its traceback, the stream is reset (not penalised: the request was
+    checked), and the next request is served."""
+    net = Net(nursery, tmp_path)
+    sha = net.server.put_bytes(b"hello")
+    size = net.server.store.size
+
+    def broken(digest: bytes) -> int | None:
+        raise KeyError("index row")
+
+    net.server.store.size = broken  # type: ignore[method-assign]
+    with pytest.raises(trio.BrokenResourceError):
+        await net.client.fetch(SERVER, sha, 5)
+    assert any(r.levelname == "WARNING" and r.exc_info for r in caplog.records)
+    assert net.server_penalties.calls == net.client_penalties.calls == []
+    net.server.store.size = size  # type: ignore[method-assign]
+    assert (await net.client.fetch(SERVER, sha, 5)).read_bytes() == b"hello"

@@ -391,3 +391,140 @@ async def test_a_slow_request_holds_the_next_ones_up_only_until_it_counts_as_sta
         assert answers == []  # the slow one is still in flight
         slow_done.set()
     assert answers == ["slow"]
+
+
+# ---------------------------------------------------------------- unexpected exceptions
+UNEXPECTED = [
+    TypeError("unsupported operand"),
+    KeyError("job"),
+    ValueError("bad value"),
+    AttributeError("no attribute"),
+    IndexError("list index out of range"),
+    UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    OverflowError("too big"),
+    AssertionError("invariant"),
+    ExceptionGroup("a handler's nursery", [ValueError("x")]),
+]
+
+
+def raising_for(peer_id: str, exc: Exception):  # type: ignore[no-untyped-def]
+    """A handler that fails with `exc` on `peer_id`'s requests and serves the others."""
+
+    async def handler(signed: SignedMessage, peer: str) -> Message | None:
+        if peer == peer_id:
+            raise exc
+        return await decline_handler(signed, peer)
+
+    return handler
+
+
+@pytest.mark.parametrize("exc", UNEXPECTED, ids=lambda e: type(e).__name__)
+async def test_a_handler_raising_is_a_bad_request_for_that_peer_alone(
+    nursery: trio.Nursery, exc: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception nobody raised on purpose, on one peer's request: that peer gets a
+    typed refusal (the type's name, no traceback) and a penalty, its stream is closed,
+    the traceback is logged here, and the node goes on serving the others."""
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", raising_for(CLIENT.peer_id, exc))
+    stream = pair.raw(CLIENT.peer_id)
+    await stream.write(encode_frame(seal(CLIENT, heartbeat(), now=now_ms())))
+    reply = await read_reply(stream)
+    assert reply["error"] == "bad_request"
+    detail = str(reply["detail"])
+    assert type(exc).__name__ in detail
+    assert "Traceback" not in detail
+    assert ".py" not in detail
+    await assert_closed(stream)
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["bad_request"]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.exc_info]
+    assert warnings
+    assert warnings[0].exc_info is not None
+    assert warnings[0].exc_info[1] is exc
+    # the same client, through the request API: a RemoteRefused it can act on
+    with pytest.raises(RemoteRefused) as err:
+        await pair.client().request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()))
+    assert err.value.reason == "bad_request"
+    await still_serves(pair)
+    assert pair.server_penalties.reasons(OTHER.peer_id) == []
+
+
+async def test_a_batch_item_whose_handler_raises_is_refused_alone(nursery: trio.Nursery) -> None:
+    """In a batch, the item whose handler raised gets a `bad_request` item and a penalty;
+    the other items are served, and another peer is served afterwards."""
+    pair = Pair(nursery)
+
+    async def handler(signed: SignedMessage, peer: str) -> Message | None:
+        hb = signed.message
+        assert isinstance(hb, Heartbeat)
+        if hb.progress == 0.2:
+            raise TypeError("'NoneType' object is not subscriptable")
+        return Decline(job_id=JOB_ID, attempt=1, reason="echo", detail=str(hb.progress))
+
+    pair.server.on("heartbeat", handler)
+    client = pair.client()
+    items = tuple(seal(CLIENT, heartbeat(p), now=now_ms()) for p in (0.1, 0.2, 0.3))
+    reply = await client.request(SERVER.peer_id, seal(CLIENT, Batch(items=items), now=now_ms()))
+    assert reply is not None
+    assert isinstance(reply.message, Batch)
+    first, second, third = reply.message.items
+    refusal = decode_control(second)
+    assert refusal["error"] == "bad_request"
+    assert "TypeError" in str(refusal["detail"])
+    assert not is_control(first)
+    assert not is_control(third)
+    assert pair.server_penalties.reasons(CLIENT.peer_id) == ["bad_request"]
+    # the stream stays usable for this client, as after any bad item
+    assert await client.request(SERVER.peer_id, seal(CLIENT, heartbeat(0.4), now=now_ms()))
+    await still_serves(pair)
+
+
+async def test_the_nodes_own_io_failing_in_a_handler_is_not_the_peers_fault(
+    nursery: trio.Nursery,
+) -> None:
+    """OSError (a disk, a socket) or a broken stream to someone else inside a handler:
+    refused as `internal_error`, not penalised."""
+    pair = Pair(nursery)
+    pair.server.on("heartbeat", raising_for(CLIENT.peer_id, OSError(28, "No space left")))
+    with pytest.raises(RemoteRefused) as err:
+        await pair.client().request(SERVER.peer_id, seal(CLIENT, heartbeat(), now=now_ms()))
+    assert err.value.reason == "internal_error"
+    assert "OSError" in err.value.detail
+    assert pair.server_penalties.calls == []
+    await still_serves(pair)
+
+
+async def test_base_exceptions_from_a_handler_are_not_swallowed(nursery: trio.Nursery) -> None:
+    """KeyboardInterrupt (and trio.Cancelled) are not Exceptions: they go on up."""
+    pair = Pair(nursery)
+
+    async def interrupted(signed: SignedMessage, peer: str) -> None:
+        raise KeyboardInterrupt
+
+    pair.server.on("heartbeat", interrupted)
+    client_side, server_side = trio.testing.memory_stream_pair()
+    await client_side.send_all(encode_frame(seal(CLIENT, heartbeat(), now=now_ms())))
+    with pytest.raises(KeyboardInterrupt):
+        await pair.server.serve_stream(TrioByteStream(server_side), CLIENT.peer_id)
+    assert pair.server_penalties.calls == []
+
+
+async def test_cancelling_a_handler_is_not_a_refusal(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    pair = Pair(nursery)
+
+    async def forever(signed: SignedMessage, peer: str) -> None:
+        await trio.sleep_forever()
+
+    pair.server.on("heartbeat", forever)
+    client_side, server_side = trio.testing.memory_stream_pair()
+    await client_side.send_all(encode_frame(seal(CLIENT, heartbeat(), now=now_ms())))
+    with trio.move_on_after(1) as scope:
+        await pair.server.serve_stream(TrioByteStream(server_side), CLIENT.peer_id)
+    assert scope.cancelled_caught  # trio.Cancelled reached its scope
+    assert pair.server_penalties.calls == []
+    received = b"(nothing)"
+    with trio.move_on_after(1):
+        received = await client_side.receive_some(100)
+    assert received == b"(nothing)"  # no error frame written, no refusal

@@ -134,3 +134,42 @@ async def test_node_survives_restart_with_its_ads_and_events(
     assert len(again.caps) == 1
     assert seal  # keep import used in this module's helpers
     again.store.close()
+
+
+async def test_gossip_that_makes_validation_raise_is_rejected_and_the_node_goes_on(
+    hub: MemoryHub, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An exception nobody raised on purpose while a node checks one peer's gossip: that
+    message is rejected (`bad_request`, the forwarder penalised), the exception does not
+    reach the gossip stack (here: the publisher), and the node keeps accepting the
+    others' ads. A failing `on_ad` hook is logged; the other hooks still run."""
+    attacker = ident(69)
+    transport = hub.transport(attacker.peer_id)
+    async with memory_nodes(hub, tmp_path, 2) as (a, b), trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        transport.set_gossip(CAPS_TOPIC, accept_all)
+        await wait_for(lambda: b.did in a.caps)
+        validate = a.book.validate
+
+        def fragile(data: bytes, origin: str, now: int) -> Verdict:
+            if origin == attacker.peer_id:
+                raise TypeError("unhashable type: 'list'")
+            return validate(data, origin, now)
+
+        a.book.validate = fragile  # type: ignore[method-assign]
+        seen: list[str] = []
+
+        def broken_hook(worker: object) -> None:
+            raise KeyError("no such job")
+
+        a.on_ad[:0] = [broken_hook]
+        a.on_ad.append(lambda worker: seen.append(worker.did))
+        await transport.publish(CAPS_TOPIC, env(attacker, ad(attacker, seq=1)))
+        snapshot = a.penalties.snapshot(trio.current_time())
+        assert snapshot[attacker.peer_id]["last_reason"] == "bad_request"
+        assert attacker.did not in a.caps
+        b.update_ad(load=0.5)
+        await wait_for(lambda: a.caps[b.did].ad.load == 0.5)
+        assert b.did in seen  # the hook after the broken one ran
+        assert b.peer_id not in a.penalties.snapshot(trio.current_time())
+        nursery.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""The generated sections of spec/ match the code (and are rewritten by this test)."""
+"""The generated sections of spec/ match the code. The test never rewrites them:
+`python -m tools.gen_spec` does (then commit)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,8 @@ def _sync(path: Path, marker: str, render: Callable[[], str]) -> str:
     )
     assert pattern.search(text), f"{path.name} lacks the {marker} markers"
     new = pattern.sub(lambda m: m.group(1) + render() + "\n" + m.group(2), text)
-    if new != text:
-        path.write_text(new)
-    return new
+    assert new == text, f"{path.name}: the {marker} section is stale: run python -m tools.gen_spec"
+    return text
 
 
 @pytest.mark.parametrize(

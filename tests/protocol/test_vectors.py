@@ -26,11 +26,13 @@ REQUIRED_REASONS = {
 
 
 def _write(name: str, data: Any) -> list[Any]:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    """The committed file, which must equal what the generator makes now (the test never
+    rewrites it: `python -m tests.protocol.vectors` does)."""
     path = VECTOR_DIR / name
-    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    assert path.is_file(), f"{path} is missing: run python -m tests.protocol.vectors"
+    assert path.read_text() == vectors.render(data), (
+        f"{path} differs from the generator: run python -m tests.protocol.vectors and commit"
+    )
     loaded: list[Any] = json.loads(path.read_text())
     return loaded
 

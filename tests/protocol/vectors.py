@@ -7,6 +7,8 @@ same bytes; the tests write the files and check that a fresh generation matches 
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 from typing import Any
 
 from protocol import codec
@@ -64,7 +66,11 @@ def sample_offer(client: Identity) -> Offer:
         escrow="0x" + "5f" * 20,
         arbiter="0x" + "a1" * 20,
         client_eth=client.eth_address,
+        client_eth_sig=client.eth_binding().eth_sig,
         input_providers=(client.peer_id,),
+        stake_lock=10**14,
+        escrow_commit_deadline=NOW // 1000 + 300,
+        escrow_deadline=NOW // 1000 + 600,
     )
 
 
@@ -77,6 +83,7 @@ def sample_bid(job_id: bytes, worker: Identity) -> Bid:
         eth_address=worker.eth_address,
         runtime={"av": "18.1.0", "libx264": "164", "threads": 1},
         has_inputs=(),
+        consent=bytes(range(64)),
     )
 
 
@@ -306,3 +313,24 @@ def state_machine_vectors() -> list[dict[str, Any]]:
                 )
         out.append({"description": name, "max_attempts": max_attempts, "steps": steps})
     return out
+
+
+def render(data: Any) -> str:
+    """A vector file's text: JSON, two-space indents, sorted keys."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_all() -> None:
+    """Write spec/vectors/*.json from the generators (then commit them)."""
+    out = Path(__file__).resolve().parents[2] / "spec" / "vectors"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, make in (
+        ("identities.json", identity_vectors),
+        ("envelopes.json", envelope_vectors),
+        ("state-machine.json", state_machine_vectors),
+    ):
+        (out / name).write_text(render(make()))
+
+
+if __name__ == "__main__":
+    write_all()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -83,7 +83,18 @@ class Parties:
             S.Assignment(w.account.address, payout + i, lock)
             for i, w in enumerate(self.workers[:workers])
         )
-        return S.EscrowTerms(job_id=job_id, common=common, assignments=assignments)
+        terms = S.EscrowTerms(job_id=job_id, common=common, assignments=assignments)
+        return self.consented(terms)
+
+    def consented(self, terms: S.EscrowTerms) -> S.EscrowTerms:
+        """`terms` with every assigned worker's signed consent (what `open` needs for a
+        stake lock)."""
+        by_address = {w.account.address.lower(): w for w in self.workers}
+        sigs = tuple(
+            by_address[a.worker.lower()].sign_consent(terms, i) if a.stake_lock else b""
+            for i, a in enumerate(terms.assignments)
+        )
+        return replace(terms, consents=sigs)
 
     def held(self) -> int:
         return self.client.contract_balance()
@@ -110,5 +121,4 @@ def parties(chain: Chain) -> Parties:
     p.client.deposit(ETH)
     for w in p.workers:
         w.stake(ETH // 10)
-        w.approve_stake(p.client.account.address, ETH // 10)
     return p

@@ -118,7 +118,7 @@ def test_expired_receipt(unchanged: Parties) -> None:
     )
     with pytest.raises(SettlementError, match="receipt expired"):
         p.workers[0].release([terms], expires, sig)
-    p.chain.advance_time(1200)
+    p.chain.advance_time(1200 + S.DEV_CHALLENGE_PERIOD)
     p.client.refund(terms)  # the money is still there, and goes back: nothing was lost
 
 
@@ -148,9 +148,8 @@ def test_payouts_above_the_escrow(unchanged: Parties) -> None:
     p.arbiter.resolve(terms, [0, 0], [0, 0])  # everything back where it was
     # and a client cannot open payouts its balance does not cover
     big = p.terms(jid(), payout=p.client.balance() + 1)
-    commons, jobs = S.group_terms([big])
     assert (
-        contract_reverts(p, p.client.account.address, "open", commons, jobs)
+        contract_reverts(p, p.client.account.address, "open", *S.open_args([big]))
         == "insufficient balance"
     )
     with pytest.raises(SettlementError, match="insufficient balance"):
@@ -171,32 +170,26 @@ def test_zero_addresses(unchanged: Parties) -> None:
         S.EscrowTerms(base.job_id, base.common, (S.Assignment(zero, 1, 0),)),
     ]
     for terms in cases:
-        commons, jobs = S.group_terms([terms])
         assert (
-            contract_reverts(p, p.client.account.address, "open", commons, jobs) == "zero address"
+            contract_reverts(p, p.client.account.address, "open", *S.open_args([terms]))
+            == "zero address"
         )
         with pytest.raises(SettlementError, match="zero address"):
             p.client.open([terms])
-    assert (
-        contract_reverts(p, p.workers[0].account.address, "approve_stake", zero, 1)
-        == "zero address"
-    )
 
 
 def test_duplicate_job_ids(parties: Parties) -> None:
     p = parties
     held, balance = p.held(), p.client.balance()
     twice = p.terms(jid())
-    commons, jobs = S.group_terms([twice, twice])
-    assert contract_reverts(p, p.client.account.address, "open", commons, jobs) == (
+    assert contract_reverts(p, p.client.account.address, "open", *S.open_args([twice, twice])) == (
         "duplicate job id"
     )
     with pytest.raises(SettlementError, match="duplicate job id"):
         p.client.open([twice, twice])
     # the contract wants a batch in ascending job ID order (EscrowClient sorts it)
     low, high = sorted([p.terms(jid()), p.terms(jid())], key=lambda t: t.job_id)
-    commons, jobs = S.group_terms([high, low])
-    assert contract_reverts(p, p.client.account.address, "open", commons, jobs) == (
+    assert contract_reverts(p, p.client.account.address, "open", *S.open_args([high, low])) == (
         "job ids must ascend"
     )
     assert (p.held(), p.client.balance()) == (held, balance)

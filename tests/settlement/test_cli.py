@@ -38,7 +38,7 @@ def test_selftest_walks_a_job_through_the_escrow(anvil_url: str) -> None:
     doc = json.loads(out.stdout)
     assert doc["ok"] is True
     names = [s["step"] for s in doc["steps"]]
-    assert names == ["deploy", "deposit", "stake", "approve", "open", "release", "withdraw"]
+    assert names == ["deploy", "deposit", "stake", "open", "release", "withdraw"]
     assert all(s["gas"] > 21_000 for s in doc["steps"])
 
 

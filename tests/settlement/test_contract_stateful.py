@@ -2,8 +2,10 @@
 
 After each step: the contract holds exactly the free balances, free stakes, open escrows
 and locked stakes; every account's balance and stake equal the model's; no job is paid
-twice; refunds come only after the deadline and only for unpaid jobs; frozen jobs move
-only by their arbiter; receipts for another chain or contract never release anything.
+twice; refunds come only after the challenge period and only for unpaid jobs; frozen
+jobs move only by their arbiter until the ruling deadline, and then only back to their
+owners; a stake is locked only with its worker's signed consent; receipts for another
+chain or contract never release anything.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ROLES = ("client_a", "client_b", "w1", "w2", "w3", "arbiter", "verifier", "outsi
 WORKERS = ("w1", "w2", "w3")
 CLIENTS = ("client_a", "client_b")
 amounts = st.integers(min_value=1, max_value=10**6)
+CHALLENGE, RULING = 50, 100  # the deployment's periods (s); `advance` steps 30, 101, 201
 
 
 def chain() -> Chain:
@@ -59,11 +62,12 @@ class EscrowMachine(RuleBasedStateMachine):
         keys = self.chain.dev_keys
         self.addr = {r: self.chain.dev_account(i).address for i, r in enumerate(ROLES)}
         self.key = {r: keys[i] for i, r in enumerate(ROLES)}
-        deployer, _ = EscrowClient.deploy(self.chain, self.chain.dev_account(0))
+        deployer, _ = EscrowClient.deploy(
+            self.chain, self.chain.dev_account(0), challenge_period=CHALLENGE, ruling_period=RULING
+        )
         self.escrow = deployer.contract
         self.balance = dict.fromkeys(ROLES, 0)
         self.stake = dict.fromkeys(ROLES, 0)
-        self.allowance: dict[tuple[str, str], int] = {}
         self.jobs: dict[int, JobModel] = {}  # by escrow sequence number
         self.next_seq = 0
         self.counter = 0
@@ -131,11 +135,6 @@ class EscrowMachine(RuleBasedStateMachine):
         else:
             assert reason == "insufficient stake"
 
-    @rule(worker=st.sampled_from(WORKERS), client=st.sampled_from(CLIENTS), amount=amounts)
-    def approve(self, worker: str, client: str, amount: int) -> None:
-        assert self.send(worker, "approve_stake", self.addr[client], amount) is None
-        self.allowance[(worker, client)] = amount
-
     # -------------------------------------------------------------- open
 
     @rule(
@@ -148,6 +147,7 @@ class EscrowMachine(RuleBasedStateMachine):
         lock=st.integers(min_value=0, max_value=10**4),
         fee=st.integers(min_value=0, max_value=10**3),
         reuse=st.booleans(),
+        consent=st.sampled_from(["signed", "signed", "missing", "by another", "other terms"]),
     )
     def open_jobs(
         self,
@@ -160,6 +160,7 @@ class EscrowMachine(RuleBasedStateMachine):
         lock: int,
         fee: int,
         reuse: bool,
+        consent: str,
     ) -> None:
         now = self.now()
         common = S.Common(
@@ -180,13 +181,13 @@ class EscrowMachine(RuleBasedStateMachine):
             if reuse and self.jobs:  # an ID opened before, or twice in this batch
                 job_id = self.jobs[min(self.jobs)].terms.job_id
             assignments = tuple(S.Assignment(self.addr[w], payout, lock) for w in workers)
-            batch.append(S.EscrowTerms(job_id, common, assignments))
+            batch.append(self.consented(S.EscrowTerms(job_id, common, assignments), consent))
         batch.sort(key=lambda t: t.job_id)  # the contract wants ascending IDs
         commons, jobs = S.group_terms(batch)
-        reason = self.send(sender, "open", commons, jobs)
+        consents = [S.consent_words(t) for t in batch]
+        reason = self.send(sender, "open", commons, jobs, consents)
         # the model's verdict, in the contract's order of checks
         expected: str | None = None
-        allowance = dict(self.allowance)
         stake = dict(self.stake)
         previous = b""
         total = 0
@@ -202,13 +203,12 @@ class EscrowMachine(RuleBasedStateMachine):
                 previous = t.job_id
                 for w in workers:
                     if lock > 0:
-                        if allowance.get((w, client), 0) < lock:
-                            expected = "stake lock not approved by worker"
+                        if consent != "signed":
+                            expected = "stake lock without the worker's consent"
                             break
                         if stake[w] < lock:
                             expected = "worker stake too low"
                             break
-                        allowance[(w, client)] -= lock
                         stake[w] -= lock
                 if expected:
                     break
@@ -217,11 +217,28 @@ class EscrowMachine(RuleBasedStateMachine):
                 expected = "insufficient balance"
         assert reason == expected
         if reason is None:
-            self.allowance, self.stake = allowance, stake
+            self.stake = stake
             self.balance[client] -= total
             for t in S.locate_batch(batch, self.next_seq):
                 self.jobs[t.located().seq] = JobModel(t)
             self.next_seq += len(batch)
+
+    def consented(self, terms: S.EscrowTerms, how: str) -> S.EscrowTerms:
+        """`terms` with each worker's consent: signed as asked, missing, signed by another
+        account, or signed for other terms (a higher stake lock)."""
+        sigs = []
+        for i, a in enumerate(terms.assignments):
+            consent = S.consent_for(terms, i)
+            signer = self.key[self.role_of(a.worker)]
+            if how == "missing":
+                sigs.append(b"")
+                continue
+            if how == "by another":
+                signer = self.key["outsider"]
+            elif how == "other terms":
+                consent = dataclasses.replace(consent, stake_lock=consent.stake_lock + 1)
+            sigs.append(S.sign_consent(signer, self.chain.chain_id, self.escrow.address, consent))
+        return dataclasses.replace(terms, consents=tuple(sigs))
 
     # -------------------------------------------------------------- release
 
@@ -336,9 +353,15 @@ class EscrowMachine(RuleBasedStateMachine):
         result = hashlib.sha256(b"right" if right else b"wrong").digest()
         reason = self.send(caller, "claim", *args_of(m.terms), result)
         c = m.terms.common
-        ok = m.state == "open" and self.now() >= c.deadline and self.votes(m, result) >= c.quorum
+        ok = (
+            m.state == "open"
+            and self.now() >= c.deadline + CHALLENGE
+            and self.votes(m, result) >= c.quorum
+        )
         if not ok:
             assert reason is not None
+            if m.state == "open" and self.now() < c.deadline + CHALLENGE:
+                assert reason == "claim before the challenge period ends"
             return
         assert reason is None, reason
         m.state = "settled"
@@ -350,8 +373,11 @@ class EscrowMachine(RuleBasedStateMachine):
             if m.reveals.get(r) == result:
                 self.balance[r] += a.payout
                 self.stake[r] += a.stake_lock
-            else:
+            elif r in m.commits:  # committed, then another result or none: slashed
                 self.balance[client] += a.payout + a.stake_lock
+            else:  # never committed: no pay, its stake back
+                self.balance[client] += a.payout
+                self.stake[r] += a.stake_lock
 
     # -------------------------------------------------------------- refund, dispute
 
@@ -363,11 +389,11 @@ class EscrowMachine(RuleBasedStateMachine):
         reason = self.send(caller, "refund", *args_of(m.terms))
         c = m.terms.common
         top = max((self.votes(m, r) for r in m.reveals.values()), default=0)
-        ok = m.state == "open" and self.now() >= c.deadline and top < c.quorum
+        ok = m.state == "open" and self.now() >= c.deadline + CHALLENGE and top < c.quorum
         if not ok:
             assert reason is not None
-            if m.state == "open" and self.now() < c.deadline:
-                assert reason == "refund before the deadline"
+            if m.state == "open" and self.now() < c.deadline + CHALLENGE:
+                assert reason == "refund before the challenge period ends"
             return
         assert reason is None, reason
         m.state = "settled"
@@ -382,8 +408,8 @@ class EscrowMachine(RuleBasedStateMachine):
         m = self.jobs[j]
         reason = self.send(caller, "dispute", *args_of(m.terms))
         party = self.addr[caller] == m.terms.common.client or self.addr[caller] in m.terms.workers
-        if self.now() >= m.terms.common.deadline:
-            assert reason == "dispute after the deadline"
+        if self.now() >= m.terms.common.deadline + CHALLENGE:
+            assert reason == "dispute after the challenge period"
         elif not party:
             assert reason == "not an assigned worker"
         else:
@@ -403,6 +429,9 @@ class EscrowMachine(RuleBasedStateMachine):
         if caller != "arbiter":
             assert reason == "only the arbiter resolves"
             return
+        if self.now() >= t.common.deadline + CHALLENGE + RULING:
+            assert reason == "ruling period over"
+            return
         assert reason is None, reason
         m.state = "settled"
         m.payouts += 1
@@ -413,6 +442,30 @@ class EscrowMachine(RuleBasedStateMachine):
             self.stake[r] += a.stake_lock - s_
         self.balance["verifier"] += vpay
         self.balance[client] += t.escrowed - sum(pay) - vpay + sum(slash)
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), caller=st.sampled_from(ROLES))
+    def lapse(self, data: st.DataObject, caller: str) -> None:
+        """Anyone closes a dispute its arbiter left past the ruling deadline: every party
+        gets its own funds back."""
+        j = data.draw(st.sampled_from(sorted(self.jobs)))
+        m = self.jobs[j]
+        t = m.terms
+        reason = self.send(caller, "lapse", *args_of(t))
+        if m.state == "settled":
+            assert reason == "job already settled"
+            return
+        if m.state == "open":
+            assert reason == "job is not disputed"
+            return
+        if self.now() < t.common.deadline + CHALLENGE + RULING:
+            assert reason == "ruling period not over"
+            return
+        assert reason is None, reason
+        m.state = "settled"
+        self.balance[self.role_of(t.common.client)] += t.escrowed
+        for a in t.assignments:
+            self.stake[self.role_of(a.worker)] += a.stake_lock
 
     # -------------------------------------------------------------- time
 
@@ -467,7 +520,7 @@ class EscrowMachine(RuleBasedStateMachine):
 
 
 EscrowMachine.TestCase.settings = settings(
-    max_examples=6,
+    max_examples=8,
     stateful_step_count=18,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -83,9 +83,12 @@ def test_claim_by_quorum_pays_matching_workers_and_slashes_the_rest(parties: Par
         p.workers[2].reveal(terms, good, salts[0])
     for w, r, s in zip(p.workers, results, salts, strict=True):
         w.reveal(terms, r, s)
-    with pytest.raises(SettlementError, match="claim before the deadline"):
+    with pytest.raises(SettlementError, match="claim before the challenge period ends"):
         p.workers[0].claim(terms, good)
     p.chain.advance_time(601)
+    with pytest.raises(SettlementError, match="claim before the challenge period ends"):
+        p.workers[0].claim(terms, good)
+    p.chain.advance_time(S.DEV_CHALLENGE_PERIOD)
     with pytest.raises(SettlementError, match="a result reached quorum"):
         p.client.refund(terms)
     with pytest.raises(SettlementError, match="no quorum for this result"):
@@ -116,10 +119,13 @@ def test_refund_only_after_deadline_and_only_once(parties: Parties) -> None:
     terms = p.terms(job_id("refund"))
     before = p.client.balance()
     (terms,) = p.client.open([terms]).opened
-    with pytest.raises(SettlementError, match="refund before the deadline"):
+    with pytest.raises(SettlementError, match="refund before the challenge period ends"):
         p.client.refund(terms)
     assert p.client.balance() == before - terms.escrowed
     p.chain.advance_time(1201)
+    with pytest.raises(SettlementError, match="refund before the challenge period ends"):
+        p.client.refund(terms)
+    p.chain.advance_time(S.DEV_CHALLENGE_PERIOD)
     res = p.outsider.refund(terms)  # anyone may trigger it; the money goes to the client
     assert res.events[0]["event"] == "refunded"
     assert p.client.balance() == before
@@ -239,11 +245,11 @@ def test_calldata_is_what_web3_encodes(parties: Parties) -> None:
     p = parties
     opened = p.client.open([p.terms(job_id(f"enc{i}"), workers=2) for i in range(3)])
     batch = list(opened.opened)
-    commons, jobs = S.group_terms(batch)
+    commons, jobs, consents = S.open_args(batch)
     refs = [t.located().as_abi() for t in batch]
     one = (batch[0].common.as_abi(), S.job_abi(batch[0]), batch[0].located().as_abi())
     calls: list[tuple[str, tuple[object, ...]]] = [
-        ("open", (commons, jobs)),
+        ("open", (commons, jobs, consents)),
         ("release", (commons, jobs, refs, 2**40, b"\x01" * 65)),
         ("job_status", one),
         ("commit", (*one, b"\x02" * 32)),
@@ -251,7 +257,7 @@ def test_calldata_is_what_web3_encodes(parties: Parties) -> None:
         ("claim", (*one, b"\x05" * 32)),
         ("refund", one),
         ("dispute", one),
-        ("approve_stake", (p.workers[0].account.address, 12345)),
+        ("lapse", one),
         ("withdraw", (7,)),
     ]
     for name, args in calls:
