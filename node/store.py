@@ -139,9 +139,10 @@ class Store:
         self.path = path
         # The database holds prompts and results: owner-only. SQLite gives the -wal and
         # -shm files it makes the database file's mode, so they are 0600 too.
-        for existing in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
-            if existing == path or existing.exists():
-                private_file(existing)
+        private_file(path)
+        for suffix in ("-wal", "-shm"):
+            if path.with_name(path.name + suffix).exists():
+                private_file(path.with_name(path.name + suffix))
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a commit is in the WAL before it returns, so it survives the

@@ -59,29 +59,23 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-class _ProbeFailed(Exception):
-    """A check child failed as a whole (its limits, a crash): the check that needed it fails."""
-
-    def __init__(self, check: Check) -> None:
-        super().__init__(check.detail)
-        self.check = check
-
-
-def _probe_all(items: list[tuple[Media, str]], limits: CheckLimits) -> list[dict[str, Any]] | Check:
+def _probe_all(
+    items: list[tuple[Media, str]], limits: CheckLimits, check: str = "probe"
+) -> list[dict[str, Any]] | Check:
     """Probe `items` (file, what) in one check child: every one's facts, or the failed
-    `probe` check of the first that is not readable media. A child that fails as a whole
-    raises _ProbeFailed."""
+    `check` of the first that is not readable media, or of the child failing as a whole
+    (its limits, a crash)."""
     try:
         results = probe_files(items, limits)
     except ExecutorError as exc:
-        raise _ProbeFailed(fail("probe", exc.message)) from None
+        return fail(check, exc.message)
     probes: list[dict[str, Any]] = []
     for result, (_, what) in zip(results, items, strict=False):
         if not isinstance(result, dict):
-            return fail("probe", f"{what}: {result.message}")
+            return fail(check, f"{what}: {result.message}")
         probes.append(result)
     if len(probes) < len(items):
-        return fail("probe", "the check child reported fewer probes than it was given")
+        return fail(check, "the check child reported fewer probes than it was given")
     return probes
 
 
@@ -119,8 +113,9 @@ def verify_result(
         elif cls == "llm.generate":
             checks += _verify_llm(params, manifest, inputs.get("model"), compare)
         else:
-            media = _verify_media(cls, params, folder, names, inputs.get("source"), compare, limits)
-            checks += media
+            checks += _verify_media(
+                cls, params, folder, names, inputs.get("source"), compare, limits
+            )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         checks.append(fail("result", f"unreadable result: {exc}"))
     return Report.of(checks)
@@ -155,52 +150,34 @@ def _verify_media(
     source: dict[str, Any] | None = None
     checks: list[Check] = []
     if source_path is not None:
-        try:
-            probes = _probe_all([(source_path, "source")], limits)
-        except _ProbeFailed as exc:
-            return [fail("source", f"the given source cannot be probed: {exc.check.detail}")]
-        if not isinstance(probes, list):
-            return [fail("source", "the given source is not readable media")]
-        source = probes[0]
+        probed = _probe_all([(source_path, "source")], limits, "source")
+        if not isinstance(probed, list):
+            return [probed]
+        source = probed[0]
     else:
         checks.append(skipped("source", "no --input source given: source-relative checks skipped"))
-    try:
-        return checks + _verify_artifacts(cls, params, folder, names, source, compare, limits)
-    except _ProbeFailed as exc:
-        return [*checks, exc.check]
-
-
-def _verify_artifacts(
-    cls: str,
-    params: Mapping[str, Any],
-    folder: Path,
-    names: list[str],
-    source: dict[str, Any] | None,
-    compare: Path | None,
-    limits: CheckLimits,
-) -> list[Check]:
     if cls == "media.probe":
-        return check_probe(_read_json(folder / "probe.json"), source)
+        return checks + check_probe(_read_json(folder / "probe.json"), source)
     if cls == "media.thumbnail":
         image = [n for n in names if n.startswith("thumbnail.")]
         if len(image) != 1:
-            return [fail("image", "no thumbnail artifact")]
+            return [*checks, fail("image", "no thumbnail artifact")]
         probes = _probe_all([(folder / image[0], "thumbnail")], limits)
         if not isinstance(probes, list):
-            return [probes]
-        return check_thumbnail(params, probes[0], source)
+            return [*checks, probes]
+        return checks + check_thumbnail(params, probes[0], source)
     if cls == "media.segment":
         if "segments.json" not in names:
-            return [fail("listing", "no segments.json")]
+            return [*checks, fail("listing", "no segments.json")]
         listing = _read_json(folder / "segments.json")
         items: list[tuple[Media, str]] = [
             (folder / name, name) for name in sorted(n for n in names if n != "segments.json")
         ]
         probes = _probe_all(items, limits)
         if not isinstance(probes, list):
-            return [probes]
-        return check_segments(params, listing, probes, names, source)
-    return _verify_transcode(params, folder, names, source, compare, limits)
+            return [*checks, probes]
+        return checks + check_segments(params, listing, probes, names, source)
+    return checks + _verify_transcode(params, folder, names, source, compare, limits)
 
 
 def _rendition(folder: Path, names: list[str]) -> tuple[Any, list[list[Path]]]:
@@ -233,10 +210,7 @@ def _verify_transcode(
         return [fail("playlist", str(exc))]
     checks = [passed("playlist", f"VOD playlist, {len(playlist.segments)} segment(s)")]
     items: list[tuple[Media, str]] = [(seg, f"segment {i}") for i, seg in enumerate(segments)]
-    try:
-        probes = _probe_all(items, limits)
-    except _ProbeFailed as exc:
-        return [*checks, exc.check]
+    probes = _probe_all(items, limits)
     if not isinstance(probes, list):
         return [*checks, probes]
     checks += check_transcode(params, playlist, "index.m3u8", probes, names, source)

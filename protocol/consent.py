@@ -34,7 +34,6 @@ REFUSAL_CODES = {
     "stake_lock": "the offer locks more stake than this worker allows per job",
     "arbiter": "the arbiter is not one this worker accepts (or is the client or the worker)",
     "deadline": "the escrow deadlines leave no room for the job or do not match the offer",
-    "quorum": "quorum and worker count are not what c0 nodes use (quorum = redundancy)",
     "client_binding": "client_eth is not bound to the client's DID by its signature",
     "terms_mismatch": "the opened terms differ from the terms the worker consented to",
 }

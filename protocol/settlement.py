@@ -594,17 +594,6 @@ def consent_words(terms: EscrowTerms) -> list[bytes]:
     return words
 
 
-def check_consents(terms: EscrowTerms, chain_id: int, contract: str) -> None:
-    """Raise SettlementError as `open` would if a stake lock lacks its worker's consent."""
-    for i, a in enumerate(terms.assignments):
-        if a.stake_lock == 0:
-            continue
-        sig = terms.consents[i] if i < len(terms.consents) else b""
-        _require(len(sig) == 64, "stake lock without the worker's consent")
-        signer = recover_consent_signer(sig, chain_id, contract, consent_for(terms, i))
-        _require(signer.lower() == a.worker.lower(), "stake lock without the worker's consent")
-
-
 def release_typed_data(
     chain_id: int, contract: str, seqs: Sequence[int], expires: int
 ) -> dict[str, Any]:

@@ -14,19 +14,21 @@ clients opened (from their job records), it checks
 4. **nothing frozen**: no escrow is open or disputed past its deadline + the challenge
    period + the ruling period (+ `slack_s` for the keeper's pacing).
 
-`check_money` returns the violations as lines (empty: all hold).
+`check_money` returns the violations as lines (empty: all hold); `check_testnet` runs it
+on a testnet of real processes (testnet/local.py), reading every node's database.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from node.chain.client import EscrowClient
 from protocol.settlement import STATUS_DISPUTED, STATUS_OPEN, EscrowTerms
 
-__all__ = ["check_money", "terms_of_records"]
+__all__ = ["check_money", "check_testnet", "terms_of_records"]
 
 _PAID = ("released", "claimed")
 _CLOSING = ("released", "claimed", "refunded", "resolved", "lapsed")
@@ -95,3 +97,28 @@ def check_money(
         if e["event"] == "slashed" and not by_tx[str(e["tx"])] & {"claimed", "resolved"}:
             problems.append(f"slash without a claim or a ruling in tx {e['tx']}")
     return problems
+
+
+def check_testnet(state: dict[str, Any]) -> list[str]:
+    """`check_money` on a running testnet (`testnet.local.up`'s state): its escrow, the
+    address of every node, every dev account and every visitor (homes listed under
+    `state["visitors"]`: an ephemeral node a test ran), and the terms in all their job
+    records (read from their databases while they run)."""
+    from node.chain.backends import rpc_chain
+    from node.home import load_identity
+    from node.store import DB_FILE, Store
+
+    chain = rpc_chain(state["rpc_url"], chain_id=state["chain_id"])
+    escrow = EscrowClient(chain, state["escrow"], chain.dev_account(0))
+    accounts = [n["eth_address"] for n in state["nodes"]]
+    accounts += [chain.dev_account(i).address for i in range(len(chain.dev_keys))]
+    visitors = [Path(home) for home in state.get("visitors", [])]
+    accounts += [load_identity(home).eth_address for home in visitors]
+    records = []
+    for home in [Path(node["home"]) for node in state["nodes"]] + visitors:
+        store = Store(home / DB_FILE)
+        try:
+            records += store.jobs()
+        finally:
+            store.close()
+    return check_money(escrow, accounts, terms_of_records(records))

@@ -37,10 +37,9 @@ log = logging.getLogger(__name__)
 Media = Path | Sequence[Path]
 
 # The interpreter of a check child that is not forked (tests point it elsewhere).
+# A fork server left idle is stopped by the node's housekeeping
+# (WorkerRole.stop_idle_fork_server, run on every lifecycle node).
 PYTHON = sys.executable
-# A fork server that only checks used is stopped after this long without one (a worker's
-# own housekeeping does the same for jobs).
-IDLE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -127,8 +126,6 @@ def _run_child(
         proc = spawn_child(request, env=env, cwd=scratch, fork_server=server, python=PYTHON)
     except OSError as exc:
         raise ExecutorError("internal_error", f"probe failed: no child started ({exc})") from None
-    if isinstance(proc, ForkedChild) and server is not None:
-        _close_when_idle(server)
     stopped: list[str] = []
     lock = threading.Lock()
 
@@ -216,31 +213,3 @@ def psnr(a: Sequence[Media], b: Sequence[Media], limits: CheckLimits) -> list[fl
 
 def _parts(media: Media) -> list[Path]:
     return [media] if isinstance(media, Path) else [Path(p) for p in media]
-
-
-# ---------------------------------------------------------------- the fork server's idle
-
-_closer_lock = threading.Lock()
-_closers: set[int] = set()  # id() of the servers a closer thread watches
-
-
-def _close_when_idle(server: ForkServer) -> None:
-    """Stop `server` once neither checks nor jobs used it for IDLE_S: a node that only
-    verifies (a client, an arbiter) has no worker to do it. One thread per server, which
-    ends with the server (the next check starts both again)."""
-    with _closer_lock:
-        if id(server) in _closers:
-            return
-        _closers.add(id(server))
-
-    def watch() -> None:
-        while True:
-            time.sleep(IDLE_S / 4)  # pacing of a housekeeping check
-            if server.pid is not None:
-                server.close_if_idle(IDLE_S)
-            with _closer_lock:  # a check that restarted it meanwhile: keep watching
-                if server.pid is None:
-                    _closers.discard(id(server))
-                    return
-
-    threading.Thread(target=watch, name="check-forkserver-idle", daemon=True).start()

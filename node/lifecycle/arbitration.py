@@ -102,7 +102,7 @@ class Arbitration:
             }
         )
         digest = lc.node.blobs.put_bytes(bundle)
-        info["dispute"] = {"bundle": digest.hex(), "unreleased": True}
+        lc.event(job_id, attempt, "disputed", detail={"bundle": digest.hex(), "unreleased": True})
         arbiter_peer = lc.peer_of_eth(terms.common.arbiter)
         if arbiter_peer is None:
             log.warning("arbiter %s is not among the known nodes", terms.common.arbiter)

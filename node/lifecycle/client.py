@@ -466,9 +466,10 @@ class ClientRole:
         bids: list[tuple[int, int, str, Bid, str]] = []  # (price, rank, did, bid, peer)
 
         async def ask(rank: int, did: str) -> None:
-            peer = lc.node.caps[did].ad.peer_id if did in lc.node.caps else None
-            if peer is None:
+            known = lc.node.caps.get(did)  # one look-up (each builds the live view)
+            if known is None:
                 return
+            peer, bound_eth = known.ad.peer_id, known.ad.eth_address
             try:
                 reply = await lc.node.request(peer, envelope, timeout=lc.settings.bid_timeout_s)
             except (C0Error, trio.BrokenResourceError, OSError) as exc:
@@ -478,7 +479,7 @@ class ClientRole:
                 return
             msg = reply.message
             if isinstance(msg, Bid) and msg.job_id == job_id and msg.attempt == number:
-                problem = self._bid_problem(offer, did, msg)
+                problem = self._bid_problem(offer, bound_eth, msg)
                 if problem:  # a bid the escrow would refuse: never opened, the worker penalised
                     lc.penalise_peer(peer, "bad_terms")
                     lc.event(job_id, number, "declined", worker=did, detail={"reason": problem})
@@ -640,14 +641,13 @@ class ClientRole:
             self._binding = self.lc.node.identity.eth_binding().eth_sig
         return self._binding
 
-    def _bid_problem(self, offer: Offer, did: str, bid: Bid) -> str:
-        """Why a bid cannot be used ("" if it can): its payee must be the address the
-        worker's ad binds to its DID, and with a stake lock its Consent must be the
-        worker's signature over the offer's terms at its price (or `open` would revert
-        for every job of the batch)."""
+    def _bid_problem(self, offer: Offer, bound_eth: str, bid: Bid) -> str:
+        """Why a bid cannot be used ("" if it can): its payee must be `bound_eth`, the
+        address the worker's ad binds to its DID, and with a stake lock its Consent must
+        be the worker's signature over the offer's terms at its price (or `open` would
+        revert for every job of the batch)."""
         lc = self.lc
-        entry = lc.node.caps.get(did)
-        if entry is not None and entry.ad.eth_address.lower() != bid.eth_address.lower():
+        if bound_eth.lower() != bid.eth_address.lower():
             return "bid names a payee other than the worker's bound address"
         if not offer.stake_lock:
             return ""

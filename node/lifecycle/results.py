@@ -38,6 +38,39 @@ def template_of(spec: JobSpec) -> JobTemplate:
     )
 
 
+def _artifacts(manifest: Any) -> list[tuple[str, bytes, int]]:
+    """(name, sha256, size) of each artifact a peer's manifest declares; any entry of
+    another shape, a name that is not a plain file name, a digest that is not 32 bytes of
+    hex or a size that is not a whole number is a PeerProtocolError (the peer's fault,
+    never an exception of another type reaching the node)."""
+    artifacts = manifest.get("artifacts", []) if isinstance(manifest, dict) else None
+    if not isinstance(artifacts, list):
+        raise PeerProtocolError("protocol_violation", "manifest artifacts are not a list")
+    out = []
+    for artifact in artifacts:
+        if not isinstance(artifact, dict):
+            raise PeerProtocolError("protocol_violation", "an artifact is not a map")
+        name, sha, size = artifact.get("name"), artifact.get("sha256"), artifact.get("size")
+        if (
+            not isinstance(name, str)
+            or not name
+            or "/" in name
+            or "\\" in name
+            or name.startswith(".")
+        ):
+            raise PeerProtocolError("protocol_violation", f"artifact name {name!r}")
+        try:
+            digest = bytes.fromhex(sha) if isinstance(sha, str) else b""
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise PeerProtocolError("protocol_violation", f"artifact {name!r}: bad sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise PeerProtocolError("protocol_violation", f"artifact {name!r}: bad size")
+        out.append((name, digest, size))
+    return out
+
+
 async def materialize(
     blobs: BlobService,
     peer: str,
@@ -56,12 +89,8 @@ async def materialize(
     raises propagates as it would from its own call. `sync`: result.json synced to disk
     (a node passes its storage policy: the folder can be rebuilt from the evidence)."""
     fetched: list[tuple[Path, str]] = []
-    for artifact in manifest.get("artifacts", []):
-        name = str(artifact["name"])
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise PeerProtocolError("protocol_violation", f"artifact name {name!r}")
-        digest = bytes.fromhex(str(artifact["sha256"]))
-        fetched.append((await blobs.fetch(peer, digest, int(artifact["size"])), name))
+    for name, digest, size in _artifacts(manifest):
+        fetched.append((await blobs.fetch(peer, digest, size), name))
 
     def lay_out() -> None:
         # One thread hop for the folder, the copies and the manifest (which is fsynced:

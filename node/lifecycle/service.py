@@ -75,6 +75,7 @@ class Lifecycle:
         self.releases = ReleaseBatcher(self)
         self.opens = OpenBatcher(self)
         self.refunds = RefundKeeper(self)
+        self.task_failures = 0  # tasks ended by an unexpected exception (see _guarded)
         self._nursery: trio.Nursery | None = None
         # Pulsed (set, then replaced) when a worker's ad arrives or a job record changes:
         # what waiting tasks synchronise on.
@@ -144,7 +145,9 @@ class Lifecycle:
                 nursery.start_soon(self.refunds.run)
             if self.executes:
                 nursery.start_soon(self._advertise)
-                nursery.start_soon(self.worker.stop_idle_fork_server)
+            # Jobs, and the checks of results a client or an arbiter verifies
+            # (node/executors/checks.py), fork from the same server: any node stops it idle.
+            nursery.start_soon(self.worker.stop_idle_fork_server)
             task_status.started()
             self._resume()
 
@@ -177,10 +180,17 @@ class Lifecycle:
         self._nursery.start_soon(self._guarded, fn, *args)
 
     async def _guarded(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """One task of the lifecycle (a job's driver, a worker's run, an arbitration):
+        whatever it raises ends that task alone, never the node. Expected failures are
+        logged; any other exception is a bug or input no check foresaw, logged with its
+        traceback and counted in `task_failures` (the test swarms assert it stays 0)."""
         try:
             await fn(*args)
         except (C0Error, trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
             log.warning("%s stopped: %s", getattr(fn, "__name__", fn), exc)
+        except Exception as exc:  # not trio.Cancelled, not KeyboardInterrupt: BaseException
+            self.task_failures += 1
+            log.error("%s raised %s", getattr(fn, "__name__", fn), type(exc).__name__, exc_info=exc)
 
     def _resume(self) -> None:
         """Pick up the jobs a previous run of this node left unfinished, and the escrows of

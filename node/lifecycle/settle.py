@@ -206,6 +206,9 @@ class RefundKeeper:
         self.context: dict[bytes, tuple[bytes, int]] = {}  # chain id -> (job id, attempt)
         self.refunded: dict[bytes, str] = {}  # chain job id -> tx (refund or lapse)
         self.disputed: dict[bytes, str] = {}  # chain job id -> dispute tx
+        # escrows read after their deadline with no result at quorum: reveals are over,
+        # so the count cannot change (read once, not every second until the refund)
+        self.no_quorum: set[bytes] = set()
         self.closed: set[bytes] = set()
         self._changed = trio.Event()
 
@@ -223,6 +226,7 @@ class RefundKeeper:
 
     def _done(self, chain_id: bytes) -> None:
         self.pending.pop(chain_id, None)
+        self.no_quorum.discard(chain_id)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -257,9 +261,15 @@ class RefundKeeper:
                 return
             if now < deadline:
                 return  # workers may still reveal
-            if chain_id not in self.disputed:
+            if chain_id not in self.disputed and chain_id not in self.no_quorum:
+                # The latest block's time first: once it is past the deadline no later
+                # block can hold a reveal, so a count read after it is final.
+                final = await escrow.read(escrow.client.chain.now) >= deadline
                 votes = await escrow.read(escrow.client.top_votes, terms.located().seq)
-                if votes >= terms.common.quorum:
+                if votes < terms.common.quorum:
+                    if final:
+                        self.no_quorum.add(chain_id)
+                else:
                     tx = await escrow.call(escrow.client.dispute, terms)
                     self.disputed[chain_id] = tx.tx
                     log.warning(

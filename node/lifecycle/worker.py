@@ -134,7 +134,8 @@ class WorkerRole:
             self._warming = False
 
     async def stop_idle_fork_server(self) -> None:
-        """Give the fork server's memory back when no job has used it for a while."""
+        """Give the fork server's memory back when no job or result check has used it for a
+        while."""
         if FORK_SERVER is None:
             return
         while True:
@@ -169,11 +170,11 @@ class WorkerRole:
     def policy(self) -> TermsPolicy:
         """This worker's limits on the terms it signs (settings)."""
         s, lc = self.lc.settings, self.lc
-        arbiters = s.arbiters or ((lc.arbiter_address(),) if lc.arbiter_address() else ())
+        own_arbiter = lc.arbiter_address()
         return TermsPolicy(
             own_eth=lc.node.identity.eth_address,
             max_stake_lock=s.max_stake_lock_wei,
-            arbiters=tuple(arbiters),
+            arbiters=s.arbiters or ((own_arbiter,) if own_arbiter else ()),
             min_commit_window_s=s.min_commit_window_s,
         )
 

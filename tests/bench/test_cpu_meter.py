@@ -13,7 +13,7 @@ from bench import CpuMeter
 # step on a line from the test: its output says where it is (no sleeps).
 PARENT = r"""
 import subprocess, sys
-burn = "sum(range(2 * 10**7)); print('burned', flush=True); input()"
+burn = "input(); sum(range(2 * 10**7)); print('burned', flush=True); input()"
 c = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE,
                      stdout=subprocess.PIPE, text=True)
 print(c.pid, flush=True)

@@ -21,6 +21,7 @@ from node.control import ControlClient, control_path
 from node.lifecycle.escrow import attempt_chain_id
 from node.store import DB_FILE
 from protocol.jobs import job_id_from_text
+from testnet.invariants import check_testnet
 from testnet.local import STATE_FILE, down, restart, up
 from tests.e2e.test_swarm_processes import c0, client_home, escrow_view, poll
 
@@ -47,6 +48,8 @@ def network(
     pids = {n["pid"] for n in state["nodes"]}
     try:
         yield state
+        problems = check_testnet(state)  # the money invariants, read from the chain
+        assert not problems, problems
     finally:
         down(directory)
         pids |= {n["pid"] for n in json.loads((directory / STATE_FILE).read_text())["nodes"]}

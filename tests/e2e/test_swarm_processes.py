@@ -17,6 +17,7 @@ import pytest
 from node.chain.backends import rpc_chain
 from node.chain.client import EscrowClient
 from node.control import ControlClient, control_path
+from testnet.invariants import check_testnet
 from testnet.local import down, up
 from testnet.testdata import make_clip, make_tiny_gguf
 
@@ -60,6 +61,8 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state = up(4, directory)
     try:
         yield state
+        problems = check_testnet(state)  # the money invariants, after every test here
+        assert not problems, problems
     finally:
         down(directory)
     for node in state["nodes"]:  # nothing left behind
@@ -222,6 +225,8 @@ def test_wrong_output_disputed_arbiter_pays_honest_and_slashes(tmp_path: Path) -
         assert states[-1] == "settled"
         reps = {r["worker"]: r for r in control.call("reputation") if r["job_class"] == "noop"}
         assert reps[wrong["did"]]["score"] < reps[honest["did"]]["score"]
+        problems = check_testnet(state)
+        assert not problems, problems
     finally:
         down(tmp_path / "net")
 
@@ -244,6 +249,7 @@ def test_submit_without_a_running_node_uses_an_ephemeral_light_node(
     shutil.copy(source / "chain.json", home / "chain.json")
     created = c0("identity", "new", "--json", home=home)
     assert created.returncode == 0, created.stderr
+    swarm.setdefault("visitors", []).append(str(home))  # its money counts in the checks
     chain = rpc_chain(swarm["rpc_url"], chain_id=swarm["chain_id"])
     funder = chain.dev_account(3)  # a visitor brings its own money
     tx = funder.sign_transaction(

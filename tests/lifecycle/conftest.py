@@ -20,6 +20,7 @@ from node.net.memory import MemoryHub
 from node.store import JobRecord
 from protocol.identity import Identity
 from protocol.jobs import job_id_from_text
+from protocol.settlement import EscrowTerms
 from testnet.chain import ABSENT_ARBITER
 from testnet.invariants import check_money, terms_of_records
 from tests.net.conftest import ident
@@ -40,6 +41,8 @@ class Swarm:
     identities: list[Identity]
     lifecycles: list[Lifecycle | None] = field(default_factory=list)
     scopes: list[tuple[trio.CancelScope, trio.Event] | None] = field(default_factory=list)
+    # escrows a test opened itself, outside any client's records: job id -> terms
+    extra_terms: dict[bytes, list[EscrowTerms]] = field(default_factory=dict)
 
     @property
     def client(self) -> Lifecycle:
@@ -93,8 +96,11 @@ class Swarm:
                 store.close()
         accounts = [i.eth_address for i in self.identities]
         async with self.lock:
-            problems = check_money(self.client_escrow(), accounts, terms_of_records(records))
+            jobs = {**terms_of_records(records), **self.extra_terms}
+            problems = check_money(self.client_escrow(), accounts, jobs)
         assert not problems, problems
+        failed = [lc.task_failures for lc in self.lifecycles if lc is not None]
+        assert not any(failed), f"lifecycle tasks ended by unexpected exceptions: {failed}"
 
     async def kill(self, i: int) -> None:
         """Stop node `i` at once, as a crash would, and wait until it is gone."""
