@@ -19,6 +19,7 @@ from protocol.messages import Offer
 from protocol.settlement import Consent, EscrowTerms
 
 __all__ = [
+    "HOSTILE_CODES",
     "REFUSAL_CODES",
     "TermsPolicy",
     "TermsRefused",
@@ -37,14 +38,21 @@ REFUSAL_CODES = {
     "client_binding": "client_eth is not bound to the client's DID by its signature",
     "terms_mismatch": "the opened terms differ from the terms the worker consented to",
 }
+# Codes no honest client causes: it named itself (or the worker) arbiter, named an address
+# that is not its own, or opened terms the worker never signed. The others are a policy
+# mismatch an honest client meets too (workers do not advertise their limits).
+HOSTILE_CODES = frozenset({"client_binding", "terms_mismatch"})
 
 
 class TermsRefused(C0Error):
-    """Terms this worker will not sign or start on; `code` is one of REFUSAL_CODES."""
+    """Terms this worker will not sign or start on; `code` is one of REFUSAL_CODES.
+    `hostile`: no honest client sends these (the node penalises it hard; a policy
+    mismatch costs a client only a mild penalty)."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, *, hostile: bool | None = None) -> None:
         assert code in REFUSAL_CODES, code
         super().__init__(f"{REFUSAL_CODES[code]}: {detail}", code=code)
+        self.hostile = code in HOSTILE_CODES if hostile is None else hostile
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ def check_offer(offer: Offer, policy: TermsPolicy, *, chain_now: int) -> None:
             "stake_lock", f"{offer.stake_lock} wei asked, at most {policy.max_stake_lock}"
         )
     if _same(offer.arbiter, offer.client_eth) or _same(offer.arbiter, policy.own_eth):
-        raise TermsRefused("arbiter", "the arbiter is a party to the job")
+        raise TermsRefused("arbiter", "the arbiter is a party to the job", hostile=True)
     if not _accepted(offer.arbiter, policy.arbiters):
         raise TermsRefused("arbiter", f"{offer.arbiter} is not among the accepted arbiters")
     if offer.escrow_commit_deadline - chain_now < policy.min_commit_window_s:

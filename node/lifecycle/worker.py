@@ -231,7 +231,7 @@ class WorkerRole:
             check_offer(offer, self.policy(), chain_now=await lc.escrow.now())
             self._check_binding(offer)
         except TermsRefused as exc:
-            lc.penalise_peer(peer, "bad_terms")
+            lc.penalise_peer(peer, "bad_terms" if exc.hostile else "terms_declined")
             return decline(exc.code, exc.message[:300])
         client = offer.spec.client
         if known is None:

@@ -37,7 +37,8 @@ PENALTY_WEIGHTS: dict[str, float] = {
     "stale_seq": 10.0,
     "busy": 1.0,  # an honest client in a burst hits the stream limit too; floods still add up
     "protocol_violation": 30.0,
-    "bad_terms": 30.0,  # escrow terms a worker never agreed to (consent.py's codes)
+    "bad_terms": 30.0,  # hostile terms: self-arbitration, a forged payer, unsigned terms
+    "terms_declined": 1.0,  # terms outside a worker's policy: honest clients meet it too
 }
 DEFAULT_WEIGHT = 20.0
 

@@ -119,13 +119,20 @@ async def test_a_worker_signs_and_starts_only_on_terms_it_agreed_to(tmp_path: Pa
             "deadline": dataclasses.replace(offer, escrow_commit_deadline=chain_now + 1),
             "client_binding": dataclasses.replace(offer, client_eth="0x" + "42" * 20),
         }
+        hostile_codes = {"arbiter", "client_binding"}  # the others: a policy mismatch
         for code, bad in hostile.items():
             bad = dataclasses.replace(bad, spec=spec, job_id=spec.job_id, attempt=2)
             answer = await ask(bad)
             assert isinstance(answer, Decline), (code, answer)
             assert answer.reason == code
-        penalties = worker.node.penalties.snapshot(trio.current_time())
-        assert penalties[client.node.peer_id]["last_reason"] == "bad_terms"
+            entry = worker.node.penalties.snapshot(trio.current_time())[client.node.peer_id]
+            assert entry["last_reason"] == (
+                "bad_terms" if code in hostile_codes else "terms_declined"
+            )
+        # two hostile offers cost 60, the two policy mismatches 2: an honest client whose
+        # offers miss a worker's limits is not banned for it
+        score = worker.node.penalties.snapshot(trio.current_time())[client.node.peer_id]["score"]
+        assert -62.5 < float(score) < -61
 
         # Underpaid: an escrow of 1 wei and no stake lock (no consent needed to open it).
         terms = EscrowTerms(
