@@ -13,7 +13,7 @@ SPEEDUPS := .venv/.speedups
 ANVIL   := .tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: all demo test test-fast bench lint venv tools clean
+.PHONY: all demo test test-fast soak bench lint venv tools clean
 
 all: test
 
@@ -50,10 +50,14 @@ lint: $(VENV_OK)
 
 test: $(VENV_OK) $(SPEEDUPS) $(ANVIL) lint
 	$(PY) tools/build_speedups.py --check
-	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m pytest -q
+	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m pytest -q -m "not soak"
+
+# Long runs kept out of make test (2,000 jobs between one client and one worker: ~15 min).
+soak: $(VENV_OK) $(SPEEDUPS) $(ANVIL)
+	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m pytest -q -m soak
 
 test-fast: $(VENV_OK) $(SPEEDUPS)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not soak"
 
 demo: $(VENV_OK) $(SPEEDUPS) $(ANVIL)
 	C0_ANVIL=$(CURDIR)/$(ANVIL) $(PY) -m testnet.demo

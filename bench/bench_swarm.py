@@ -117,6 +117,7 @@ class Swarm:
             redundancy=1,
             max_price=MAX_PRICE,
             deadline_s=600,
+            new=True,  # the same spec again is a new job here (by default: the same job)
         )
         return str(reply["job_id"])
 
@@ -124,7 +125,9 @@ class Swarm:
         """`count` jobs of `spec`, pipelined on one control connection (a client script
         submitting a burst); one connection per job cost a busy node an event-loop turn
         each, 1.8-3.2 s for 150 jobs."""
-        args = dict(spec=spec, inputs={}, redundancy=1, max_price=MAX_PRICE, deadline_s=600)
+        args = dict(
+            spec=spec, inputs={}, redundancy=1, max_price=MAX_PRICE, deadline_s=600, new=True
+        )
         return [str(r["job_id"]) for r in self.client.call_many("job_submit", [args] * count)]
 
     def events(self, job_id: str, did: str | None = None) -> list[dict[str, Any]]:

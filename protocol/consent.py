@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from protocol.errors import C0Error
 from protocol.messages import Offer
-from protocol.settlement import Consent, EscrowTerms
+from protocol.settlement import MAX_WORKERS, Consent, EscrowTerms
 
 __all__ = [
     "HOSTILE_CODES",
@@ -26,6 +26,7 @@ __all__ = [
     "attempt_chain_id",
     "check_assignment",
     "check_offer",
+    "check_terms_shape",
     "offer_consent",
 ]
 
@@ -37,11 +38,12 @@ REFUSAL_CODES = {
     "deadline": "the escrow deadlines leave no room for the job or do not match the offer",
     "client_binding": "client_eth is not bound to the client's DID by its signature",
     "terms_mismatch": "the opened terms differ from the terms the worker consented to",
+    "malformed_terms": "the terms are not well formed (a field of the wrong type or range)",
 }
 # Codes no honest client causes: it named itself (or the worker) arbiter, named an address
 # that is not its own, or opened terms the worker never signed. The others are a policy
 # mismatch an honest client meets too (workers do not advertise their limits).
-HOSTILE_CODES = frozenset({"client_binding", "terms_mismatch"})
+HOSTILE_CODES = frozenset({"client_binding", "terms_mismatch", "malformed_terms"})
 
 
 class TermsRefused(C0Error):
@@ -121,10 +123,62 @@ def check_offer(offer: Offer, policy: TermsPolicy, *, chain_now: int) -> None:
         raise TermsRefused("deadline", "no room to reveal between the deadlines")
 
 
+def _is_address(value: object) -> bool:
+    if type(value) is not str or len(value) != 42 or value[:2] not in ("0x", "0X"):
+        return False
+    try:
+        bytes.fromhex(value[2:])
+    except ValueError:
+        return False
+    return True
+
+
+def _is_uint(value: object, bits: int = 256) -> bool:
+    return type(value) is int and 0 <= value < 1 << bits
+
+
+def check_terms_shape(terms: EscrowTerms) -> None:
+    """Raise TermsRefused('malformed_terms') unless every field of `terms` (built from a
+    peer's JSON: anything at all) has its type and range: 32-byte keys, addresses,
+    unsigned integers that fit the contract's words, at most MAX_WORKERS assignments.
+    Every later check, hash and chain call may then take the fields as typed."""
+    c = terms.common
+    problems = []
+    if type(terms.job_id) is not bytes or len(terms.job_id) != 32:
+        problems.append("job_id")
+    if not all(_is_address(a) for a in (c.client, c.arbiter, c.verifier)):
+        problems.append("an address of the common terms")
+    if not (_is_uint(c.commit_deadline, 64) and _is_uint(c.deadline, 64)):
+        problems.append("deadlines")
+    if not (_is_uint(c.quorum, 8) and _is_uint(c.verifier_fee)):
+        problems.append("quorum or verifier fee")
+    assignments = terms.assignments
+    if type(assignments) is not tuple or not 0 < len(assignments) <= MAX_WORKERS:
+        problems.append("assignments")
+    elif not all(
+        _is_address(a.worker) and _is_uint(a.payout) and _is_uint(a.stake_lock) for a in assignments
+    ):
+        problems.append("an assignment")
+    ref = terms.ref
+    if ref is not None and not (
+        _is_uint(ref.first, 64)
+        and _is_uint(ref.size, 64)
+        and _is_uint(ref.index, 64)
+        and type(ref.proof) is tuple
+        and len(ref.proof) <= 64
+        and all(type(p) is bytes and len(p) == 32 for p in ref.proof)
+    ):
+        problems.append("escrow ref")
+    if problems:
+        raise TermsRefused("malformed_terms", ", ".join(problems))
+
+
 def check_assignment(terms: EscrowTerms, offer: Offer, price: int, own_eth: str) -> None:
     """Raise TermsRefused unless `terms` are exactly those the worker consented to when it
     bid `price` on `offer`: the attempt's key, client, arbiter, deadlines, quorum out of
-    the offer's redundancy, and its own payout and stake lock."""
+    the offer's redundancy, and its own payout and stake lock. Their shape first
+    (`check_terms_shape`): they come from the client's JSON."""
+    check_terms_shape(terms)
     c = terms.common
     mine = [a for a in terms.assignments if _same(a.worker, own_eth)]
     expected = offer_consent(offer, price)

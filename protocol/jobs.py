@@ -24,6 +24,7 @@ __all__ = [
     "JobTemplate",
     "Param",
     "ResourceLimits",
+    "derive_nonce",
     "get_job_class",
     "job_id_from_text",
     "job_id_text",
@@ -452,6 +453,22 @@ class JobTemplate:
             raise InvalidJobSpec(f"input(s) not bound to a file: {', '.join(missing)}")
         bound = {name: ref for name, ref in merged.items() if ref is not None}
         return JobSpec(self.job_class, self.params, bound, client, nonce, self.limits)
+
+
+_NONCE_DOMAIN = b"c0/job-nonce/v1\x00"
+DERIVED_NONCE_BYTES = 16
+
+
+def derive_nonce(spec: JobSpec, *, redundancy: int, max_price: int) -> bytes:
+    """The nonce that makes a resubmission of the same job the same job (the same ID):
+    a domain-separated SHA-256 of what defines "the same job", whatever `spec.nonce`
+    holds: the job class, the normalised params, the bound inputs' hashes and sizes, the
+    limits, the client's DID (all of the spec's canonical CBOR but its nonce), the
+    redundancy and the max price (what the client buys and at most pays). The deadline
+    is left out: it is a time that moves on every run (spec/job-lifecycle.md)."""
+    body = {k: v for k, v in spec.to_cbor().items() if k != "nonce"}
+    what = codec.encode({"spec": body, "redundancy": redundancy, "max_price": str(max_price)})
+    return hashlib.sha256(_NONCE_DOMAIN + what).digest()[:DERIVED_NONCE_BYTES]
 
 
 def _check_limits(cls: JobClass, limits: Any) -> dict[str, int]:

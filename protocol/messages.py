@@ -68,6 +68,11 @@ _EVENT_STATES = frozenset(
         "claimed",
         "slashed",
         "resumed",
+        # how a worker saw its escrow close without its client's receipt (worker.py)
+        "settled_by_claim",
+        "resolved",
+        "lapsed",
+        "closed",
     }
 )
 
@@ -295,7 +300,8 @@ class CapabilityAd(Message):
         _require(self.peer_id.startswith("12D3KooW"), "cap_ad.peer_id", "not an Ed25519 PeerID")
         _require(_is_eth(self.eth_address), "cap_ad.eth_address", "not an address")
         _require(len(self.listen_addrs) <= 16, "cap_ad.listen_addrs", "too many")
-        _require(self.seq >= 0, "cap_ad.seq", "negative")
+        # stored (node/store.py) as an SQLite INTEGER: a signed 64-bit number
+        _require(0 <= self.seq < 2**63, "cap_ad.seq", "must be 0..2**63-1")
         _require(1 <= self.ttl_s <= 3600, "cap_ad.ttl_s", "must be 1..3600")
         for name in list(self.runtimes) + list(self.prices):
             _require(name in JOB_CLASSES, "cap_ad", f"unknown job class {name!r}")

@@ -86,6 +86,18 @@ class SettlementError(C0Error):
         self.detail = detail
 
 
+class ChainUnavailable(SettlementError):
+    """The chain could not be asked: its RPC endpoint refused the connection, timed out or
+    answered garbage. A local failure, never the fault of a peer whose message this node
+    was handling (the boundary refuses that message without penalising anyone), and
+    never a refusal by the contract: the same call may succeed later."""
+
+    code = "chain_unavailable"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("chain unreachable", detail)
+
+
 @dataclass(frozen=True)
 class Assignment:
     """One assigned worker: what it is paid on success and how much of its stake is locked."""

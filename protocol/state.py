@@ -89,6 +89,7 @@ TRANSITIONS: Mapping[tuple[State, Event], State] = MappingProxyType(
         (S.VERIFIED, E.RELEASE): S.SETTLED,
         (S.VERIFIED, E.CLAIM): S.SETTLED,
         (S.VERIFIED, E.DISPUTE): S.DISPUTED,
+        (S.VERIFIED, E.DEADLINE): S.EXPIRED,
         (S.DISPUTED, E.RULING_PAY): S.SETTLED,
         (S.DISPUTED, E.RULING_REFUND): S.REFUNDED,
         (S.FAILED, E.RETRY): S.ASSIGNED,

@@ -31,7 +31,7 @@ from node.chain.events import decode_logs, job_events
 from node.chain.rpc import RpcError
 from protocol import settlement as S
 from protocol.abi import encode as abi_encode
-from protocol.settlement import EscrowTerms, SettlementError
+from protocol.settlement import ChainUnavailable, EscrowTerms, SettlementError
 
 GAS_MARGIN = 1.2
 GAS_EXTRA = 20_000
@@ -408,17 +408,17 @@ class _Sender:
         try:
             replies = self._rpc(lambda: self._batch(calls))
         except (RpcError, OSError, http.client.HTTPException) as exc:
-            raise SettlementError("chain unreachable", str(exc)) from exc
+            raise ChainUnavailable(str(exc)) from exc
         block, estimate = replies[0], replies[1]
         if isinstance(estimate, RpcError):
             raise _refusal(estimate)
         if isinstance(block, RpcError) or not isinstance(block, dict):
-            raise SettlementError("chain unreachable", f"latest block: {block}")
+            raise ChainUnavailable(f"latest block: {block}")
         extra = replies[2:]
         if self.nonce is None:
             nonce, extra = extra[0], extra[1:]
             if isinstance(nonce, RpcError):
-                raise SettlementError("chain unreachable", f"nonce: {nonce}")
+                raise ChainUnavailable(f"nonce: {nonce}")
             self.nonce = int(nonce, 16)
         if tip is None:
             asked = extra[0]
@@ -431,7 +431,7 @@ class _Sender:
             try:
                 tx["gasPrice"] = int(self._rpc(lambda: self._one("eth_gasPrice", [])), 16)
             except (RpcError, OSError, http.client.HTTPException) as exc:
-                raise SettlementError("chain unreachable", str(exc)) from exc
+                raise ChainUnavailable(str(exc)) from exc
         else:
             tx.update(_fee_caps(int(base, 16), tip))
 
@@ -511,7 +511,7 @@ class _Sender:
                     return
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         self.nonce = None
-        raise SettlementError("chain unreachable", f"{tx_hash} not sent: {last}")
+        raise ChainUnavailable(f"{tx_hash} not sent: {last}")
 
     def _known_safely(self, tx_hash: str) -> bool:
         try:
@@ -534,7 +534,7 @@ class _Sender:
                 pass
             except Exception as exc:  # transient RPC trouble while waiting
                 if time.monotonic() > deadline:
-                    raise SettlementError("chain unreachable", str(exc)) from exc
+                    raise ChainUnavailable(str(exc)) from exc
             if time.monotonic() > deadline:
                 raise SettlementError("transaction not confirmed in time", tx_hash)
             time.sleep(poll)

@@ -72,6 +72,7 @@ def _submit(args: argparse.Namespace) -> int:
         "redundancy": args.redundancy,
         "max_price": args.max_price,
         "deadline_s": args.deadline,
+        "new": args.new,
     }
     try:
         client = _client(args)
@@ -79,14 +80,34 @@ def _submit(args: argparse.Namespace) -> int:
     except NodeNotRunning:
         return _submit_ephemeral(args, request)
     job_id = reply["job_id"]
+    if reply.get("existing") and not args.json:
+        print(_again(job_id, reply["state"]), file=sys.stderr, flush=True)
     if not args.wait:
         emit(reply, as_json=args.json, text=job_id)
         return 0
-    if not args.json:
+    if not args.json and not reply.get("existing"):
         print(f"submitted {job_id}", file=sys.stderr, flush=True)
-    status = _wait(client, job_id, as_json=args.json, limit_s=args.deadline + 60)
+    status = _wait(client, job_id, as_json=args.json, limit_s=_wait_s(reply, args.deadline))
     emit(status, as_json=args.json, text=f"{job_id} {status['state']}")
     return 0 if status["state"] == "settled" else 3
+
+
+def _again(job_id: str, state: str) -> str:
+    """The note for a submission that is the same job as an earlier one."""
+    now = f"is {state}" if state in _TERMINAL else f"goes on ({state})"
+    return (
+        f"job {job_id} was submitted before and {now}: nothing new is paid "
+        "(--new submits a new job)"
+    )
+
+
+def _wait_s(reply: dict[str, Any], deadline_s: int) -> float:
+    """How long to follow a job: until its deadline (the first submission's, for the
+    same job again) and a minute more."""
+    deadline_ms = reply.get("deadline_ms")
+    if deadline_ms is None:
+        return deadline_s + 60
+    return max(0.0, int(deadline_ms) / 1000 - time.time()) + 60
 
 
 def _submit_ephemeral(args: argparse.Namespace, request: dict[str, Any]) -> int:
@@ -146,9 +167,14 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _dispute(args: argparse.Namespace) -> int:
-    emit(
-        _client(args).call("job_dispute", job_id=args.job_id, reason=args.reason), as_json=args.json
+    out = _client(args).call("job_dispute", job_id=args.job_id, reason=args.reason)
+    told = (
+        "the evidence went to the arbiter"
+        if out["arbiter_notified"]
+        else "the arbiter was not reached (the node sends it again while it waits)"
     )
+    text = f"{out['job_id']} disputed on chain (tx {out['tx']}); {told}; now awaiting the ruling"
+    emit(out, as_json=args.json, text=text)
     return 0
 
 
@@ -206,6 +232,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-price", type=int, default=10**16, help="per worker, in wei")
     p.add_argument("--deadline", type=int, default=300, help="seconds until refund")
     p.add_argument("--wait", action="store_true", help="block until the job is terminal")
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="a new job even if this same one was submitted before (by default the same "
+        "spec, inputs, redundancy and max price resume that job: it is paid once)",
+    )
     _common(p)
     p.set_defaults(func=_submit)
 

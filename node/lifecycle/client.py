@@ -24,7 +24,14 @@ from node.verification import verify_result
 from protocol.consent import offer_consent
 from protocol.envelope import SignedMessage, open_envelope
 from protocol.errors import C0Error, InvalidJobSpec, PeerProtocolError, UserError
-from protocol.jobs import InputRef, JobSpec, JobTemplate, job_id_text
+from protocol.jobs import (
+    DERIVED_NONCE_BYTES,
+    InputRef,
+    JobSpec,
+    JobTemplate,
+    derive_nonce,
+    job_id_text,
+)
 from protocol.messages import (
     Accept,
     Assignment,
@@ -39,14 +46,19 @@ from protocol.messages import (
 )
 from protocol.results import result_digest
 from protocol.routing import Candidate, Ranked, RoutingPolicy, rank_workers
-from protocol.settlement import Assignment as EscrowAssignment
 from protocol.settlement import (
+    STATUS_DISPUTED,
+    STATUS_OPEN,
+    STATUS_SETTLED,
+    STATUS_UNKNOWN,
+    ChainUnavailable,
     Common,
     EscrowTerms,
     SettlementError,
     commit_hash,
     recover_consent_signer,
 )
+from protocol.settlement import Assignment as EscrowAssignment
 from protocol.state import TERMINAL, Event, JobMachine, State
 
 if TYPE_CHECKING:
@@ -63,6 +75,21 @@ _MIN_ATTEMPT_MS = 2000
 # K > 1: the reveal call goes again this often while a called worker has not revealed
 # (a lost call would otherwise leave the attempt waiting for its deadline).
 _RECALL_S = 5.0
+# The chain unreachable (ChainUnavailable): a job reads it again after this long.
+_CHAIN_RETRY_S = 2.0
+# States in which the job's current attempt (`machine.attempt`) holds a live escrow.
+_LIVE_STATES = frozenset(
+    {State.ASSIGNED, State.RUNNING, State.SUBMITTED, State.VERIFIED, State.DISPUTED}
+)
+# The steps from a state to SUBMITTED (FUNDED and FAILED: of an attempt funded, not yet
+# recorded as assigned), taken when the chain shows the attempt's workers delivered.
+_TO_SUBMITTED: dict[State, tuple[Event, ...]] = {
+    State.FUNDED: (Event.ASSIGN, Event.START, Event.SUBMIT),
+    State.FAILED: (Event.RETRY, Event.START, Event.SUBMIT),
+    State.ASSIGNED: (Event.START, Event.SUBMIT),
+    State.RUNNING: (Event.SUBMIT,),
+}
+_STATUS_NAMES = {STATUS_OPEN: "open", STATUS_DISPUTED: "disputed", STATUS_SETTLED: "closed"}
 
 
 @dataclass
@@ -92,6 +119,18 @@ class Attempt:
     def poke(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `ClientRole.submit_job` did: `existing` when the same job (the same ID: see
+    `derive_nonce`) was submitted before, which then goes on (or stays where it ended)
+    instead of a new, separately paid one starting; `state` is its state now."""
+
+    job_id: str
+    state: str
+    existing: bool
+    deadline_ms: int
 
 
 class AttemptFailed(Exception):
@@ -164,8 +203,36 @@ class ClientRole:
         redundancy: int,
         max_price: int,
         deadline_s: int,
+        new: bool = False,
     ) -> str:
-        """Validate everything before any money moves; persist; start the job's task."""
+        """`submit_job`, returning the job's ID only."""
+        return self.submit_job(
+            template_json,
+            inputs,
+            redundancy=redundancy,
+            max_price=max_price,
+            deadline_s=deadline_s,
+            new=new,
+        ).job_id
+
+    def submit_job(
+        self,
+        template_json: Any,
+        inputs: dict[str, str],
+        *,
+        redundancy: int,
+        max_price: int,
+        deadline_s: int,
+        new: bool = False,
+    ) -> Submission:
+        """Validate everything before any money moves; persist; start the job's task.
+
+        The spec's nonce is derived from what defines the job (`derive_nonce`), so the
+        same submission again is the same job: it is not started a second time, and
+        paid at most once. A job whose record exists goes on where it stands (its task
+        is started again if none runs it), or, terminal, is reported as it ended; its
+        deadline stays the first submission's. `new` draws a random nonce instead: a
+        new, separately paid job with the same definition."""
         lc = self.lc
         template = JobTemplate.from_json(template_json)
         if not 1 <= redundancy <= 5:
@@ -193,7 +260,15 @@ class ClientRole:
                 raise InvalidJobSpec(f"input {name}: file does not match the spec's sha256")
             refs[name] = InputRef(digest, path.stat().st_size)
             paths[name] = str(lc.node.blobs.path_of(digest))
-        spec = template.bind(refs, client=lc.node.did, nonce=os.urandom(16))
+        if new:
+            nonce = os.urandom(DERIVED_NONCE_BYTES)
+        else:
+            probe = template.bind(refs, client=lc.node.did, nonce=bytes(DERIVED_NONCE_BYTES))
+            nonce = derive_nonce(probe, redundancy=redundancy, max_price=max_price)
+        spec = template.bind(refs, client=lc.node.did, nonce=nonce)
+        existing = lc.node.store.get_job(spec.job_id)
+        if existing is not None:
+            return self._resubmitted(existing)
         for name, ref in spec.inputs.items():
             if name not in paths:  # bound by hash in the spec: we must hold it
                 if not lc.node.blobs.has(ref.sha256):
@@ -206,14 +281,13 @@ class ClientRole:
                 f"max price {max_price} is under every bid price heard (lowest {min(offered)})"
             )
         job_id = spec.job_id
-        if lc.node.store.get_job(job_id) is not None:
-            raise UserError(f"job {spec.job_id_text} exists already")
+        deadline_ms = now_ms() + deadline_s * 1000
         data = {
             "spec": spec_to_json(spec),
             "inputs": paths,
             "redundancy": redundancy,
             "max_price": max_price,
-            "deadline_ms": now_ms() + deadline_s * 1000,
+            "deadline_ms": deadline_ms,
             "attempt": 0,
             "verified": False,
             "attempts": {},
@@ -225,12 +299,26 @@ class ClientRole:
             lc.store_job(job_id, "client", State.REQUESTED, data)
             lc.event(job_id, 0, "requested", detail={"job_class": spec.job_class}, record=data)
         lc.spawn(self.drive, job_id)
-        return spec.job_id_text
+        return Submission(spec.job_id_text, str(State.REQUESTED), False, deadline_ms)
+
+    def _resubmitted(self, rec: Any) -> Submission:
+        """The same job submitted again: nothing new starts, nothing is paid again."""
+        text = job_id_text(rec.job_id)
+        if rec.role != "client":
+            raise UserError(f"job {text} is known here as a {rec.role}'s job, not this client's")
+        if State(rec.state) not in TERMINAL and rec.job_id not in self.records:
+            self.lc.spawn(self.drive, rec.job_id)  # its task ended: it reads the chain first
+        log.info("job %s submitted again: %s, going on", text, rec.state)
+        return Submission(text, str(rec.state), True, int(rec.data["deadline_ms"]))
 
     # ------------------------------------------------------------ the job task
     async def drive(self, job_id: bytes) -> None:
-        """Run one job from where its record stands to a terminal state."""
+        """Run one job from where its record stands to a terminal state. A job with
+        escrows (picked up after a restart, or again after its task ended) reads them on
+        chain first (`_read_chain_first`), and again after the chain was unreachable."""
         lc = self.lc
+        if job_id in self.records:
+            return  # another task drives it (a resubmission met the restart's task)
         rec = lc.node.store.get_job(job_id)
         assert rec is not None
         data = rec.data
@@ -240,9 +328,160 @@ class ClientRole:
         )
         self.records[job_id] = data
         try:
-            await self._drive(job_id, spec, data, machine)
+            while True:
+                try:
+                    if data["attempts"] and not machine.terminal:
+                        await self._read_chain_first(job_id, data, machine)
+                    await self._drive(job_id, spec, data, machine)
+                    return
+                except ChainUnavailable as exc:
+                    log.warning("job %s waits for the chain: %s", spec.job_id_text, exc.message)
+                    await trio.sleep(_CHAIN_RETRY_S)
         finally:
             self.records.pop(job_id, None)
+
+    async def _read_chain_first(
+        self, job_id: bytes, data: dict[str, Any], machine: JobMachine
+    ) -> None:
+        """Before a picked-up job acts, its escrows as the chain has them: nothing this
+        client did before it stopped, nor what the workers did meanwhile, is done twice.
+
+        Every attempt but the live one (the one its state says runs, or funded and not yet
+        recorded as assigned) goes to the refund keeper, which never refunds a closed
+        escrow and disputes one where an unaccepted result reached quorum. The live
+        attempt's escrow, read on chain:
+
+        - open, funded but not recorded as assigned: its assignments go again
+          (`_reassign`), never a second escrow for the same attempt;
+        - open otherwise: the job goes on where it stood;
+        - released (by this client, before it stopped) or claimed by its workers: the
+          payout is recorded, the job settled; nothing is released or refunded again;
+        - disputed, resolved or lapsed: a submitted or verified job awaits (or reads) the
+          ruling; an attempt that never delivered is abandoned to the keeper;
+        - refunded: the job expires and is given up (refunds of the rest, then refunded).
+        """
+        lc = self.lc
+        if lc.escrow is None:
+            return
+        state = machine.state
+        numbers = sorted(int(n) for n in data["attempts"])
+        live: int | None = None
+        if state in _LIVE_STATES:
+            live = machine.attempt
+        elif state in (State.FUNDED, State.FAILED) and numbers[-1] == machine.attempt + 1:
+            live = machine.attempt + 1
+        for number in numbers:
+            if number != live:
+                terms = terms_from_json(data["attempts"][str(number)]["terms"])
+                lc.refunds.add(terms, job_id, number)
+        info = data["attempts"].get(str(live))
+        if info is None or state is State.DISPUTED:  # DISPUTED: `await_ruling` reads it
+            return
+        assert live is not None
+        terms = terms_from_json(info["terms"])
+        status = await lc.escrow.status(terms)
+        unassigned = state in (State.FUNDED, State.FAILED)
+        if status == STATUS_OPEN:
+            if unassigned:
+                await self._reassign(job_id, data, machine, live, info, terms)
+            return
+        if status == STATUS_UNKNOWN:
+            text = job_id_text(job_id)
+            log.warning("job %s: no escrow on chain holds attempt %d's terms", text, live)
+            return
+        events = await lc.chain_events_for(terms.job_id)
+        by_kind = {e["event"]: e for e in events}
+        paid = by_kind.get("released") or by_kind.get("claimed")
+        if status == STATUS_SETTLED and paid is not None:
+            released = paid["event"] == "released"
+            steps = list(_TO_SUBMITTED.get(state, ()))
+            if not machine.verified:
+                steps.append(Event.QUORUM)  # paid on chain: a quorum revealed one result
+            steps.append(Event.RELEASE if released else Event.CLAIM)
+            if released:
+                info["release_tx"] = paid["tx"]
+            else:
+                info["claim_tx"] = paid["tx"]
+                info["claimed"] = str(paid.get("result_hash", ""))
+            log.info("job %s: attempt %d was %s on chain", job_id_text(job_id), live, paid["event"])
+            self._step(
+                job_id, data, machine, *steps, detail={"on_chain": paid["event"], "tx": paid["tx"]}
+            )
+            return
+        disputed = status == STATUS_DISPUTED or "disputed" in by_kind
+        if disputed and Event.DISPUTE in machine.allowed():  # submitted or verified
+            tx = by_kind["disputed"]["tx"] if "disputed" in by_kind else ""
+            info.setdefault("dispute", {"tx": tx, "on_chain": True})
+            detail = {"on_chain": "disputed", "tx": tx}
+            self._step(job_id, data, machine, Event.DISPUTE, detail=detail)
+            return
+        refunded = by_kind.get("refunded")
+        if refunded is not None and Event.DEADLINE in machine.allowed():
+            # refunded at deadline + challenge period: the job's deadline passed long ago
+            detail = {"on_chain": "refunded", "tx": refunded["tx"]}
+            self._step(job_id, data, machine, Event.DEADLINE, detail=detail)
+            return
+        # Disputed (or closed) on chain before the attempt delivered: abandoned to the
+        # keeper, which accounts for it (or lapses the dispute); the job retries.
+        steps = [Event.ASSIGN if state is State.FUNDED else Event.RETRY] if unassigned else []
+        steps.append(Event.WORKER_FAILED)
+        if all(self._allowed_after(machine, steps)):
+            reason = f"escrow {_STATUS_NAMES.get(status, status)} on chain"
+            info["outcome"] = {"failed": reason, "culprits": []}
+            self._step(job_id, data, machine, *steps, detail={"reason": reason})
+        lc.refunds.add(terms, job_id, live)
+
+    @staticmethod
+    def _allowed_after(machine: JobMachine, steps: list[Event]) -> list[bool]:
+        """Whether each of `steps` would be allowed, taken in order (the machine is not changed)."""
+        probe = dataclasses.replace(machine)
+        out = []
+        for step in steps:
+            ok = step in probe.allowed()
+            out.append(ok)
+            if ok:
+                probe.handle(step)
+        return out
+
+    async def _reassign(
+        self,
+        job_id: bytes,
+        data: dict[str, Any],
+        machine: JobMachine,
+        number: int,
+        info: dict[str, Any],
+        terms: EscrowTerms,
+    ) -> None:
+        """An attempt funded before a restart but not recorded as assigned: its escrow is
+        open on chain and its workers may be running it. Its assignments go again (a
+        worker that accepted answers the same Accept again); then the job goes on as an
+        assigned one, or, refused, the attempt fails and the keeper closes its escrow."""
+        slots = {
+            w["did"]: WorkerSlot(
+                w["did"], w["peer"], w["eth"], w["price"], last_heartbeat=trio.current_time()
+            )
+            for w in info["workers"]
+        }
+        attempt = Attempt(number, slots, terms)
+        event = Event.ASSIGN if machine.state is State.FUNDED else Event.RETRY
+        if event not in machine.allowed():
+            self.lc.refunds.add(terms, job_id, number)
+            return
+        self._activate(job_id, attempt)  # what the workers send meanwhile lands here
+        try:
+            refused = await self._assign(job_id, number, slots, terms, info["escrow_tx"])
+            self._step(
+                job_id,
+                data,
+                machine,
+                event,
+                detail={"workers": list(slots), "escrow_tx": info["escrow_tx"], "again": True},
+            )
+            if refused:
+                failure = AttemptFailed(Event.WORKER_FAILED, "; ".join(refused)[:300])
+                self._fail_attempt(job_id, data, machine, attempt, failure)
+        finally:
+            self._deactivate(job_id, attempt)  # `_drive` rebuilds it from the record
 
     def _save(self, job_id: bytes, data: dict[str, Any], machine: JobMachine) -> None:
         data["attempt"] = machine.attempt
@@ -273,6 +512,9 @@ class ClientRole:
         lc = self.lc
         deadline_ms = int(data["deadline_ms"])
         while not machine.terminal:
+            if lc.arbitration.requested(job_id):  # `c0 job dispute`: this task files it
+                await lc.arbitration.dispute_on_request(job_id, data, machine, self)
+                continue
             state = machine.state
             if state in (State.REQUESTED, State.FUNDED, State.FAILED):
                 if now_ms() >= deadline_ms - _MIN_ATTEMPT_MS or (
@@ -415,6 +657,10 @@ class ClientRole:
         number = machine.attempt + 1
         k = int(data["redundancy"])
         max_price = int(data["max_price"])
+        # Read before ranking: no checkpoint may fall between the ranking (each worker's
+        # room, counting our offers) and `offered` counting this job's offers, or a burst
+        # of jobs all rank against the same room and pile onto one worker.
+        chain_now = await lc.escrow.now()
         policy = RoutingPolicy(reputation_threshold=lc.settings.reputation_threshold)
         ranked = rank_workers(
             spec,
@@ -432,7 +678,6 @@ class ClientRole:
             self._save(job_id, data, machine)
             await self._wait_for_room(job_id, _NO_WORKER_POLL_S)  # or new workers may appear
             return None
-        chain_now = await lc.escrow.now()
         remaining_s = max(2, (deadline_ms - now_ms()) // 1000)
         # Deadlines on a grid of ~1/60 of the time left (5 s for the default 300 s), rounded
         # down: jobs funded close together then share their terms' common part, which the
@@ -590,35 +835,10 @@ class ClientRole:
         }
         if machine.state is State.REQUESTED:
             self._step(job_id, data, machine, Event.FUND, detail={"escrow_tx": tx.tx})
+        else:  # a retry: its escrow is on chain, so in the record before anything else
+            self._save(job_id, data, machine)
         self._activate(job_id, attempt)
-        # Assign: every worker checks the escrow on chain before it accepts.
-        refused: list[str] = []
-
-        async def assign(slot: WorkerSlot) -> None:
-            msg = Assignment(
-                job_id=job_id,
-                attempt=number,
-                worker=slot.did,
-                workers=tuple(slots),
-                payouts=tuple(s.price for s in slots.values()),
-                terms_hash=lc.escrow.terms_hash(terms) if lc.escrow else b"",
-                chain_job_id=terms.job_id,
-                terms=terms_to_json(terms),
-                escrow_tx=bytes.fromhex(tx.tx.removeprefix("0x")),
-            )
-            try:
-                reply = await lc.node.request(slot.peer, lc.node.seal(msg), timeout=15.0)
-            except (C0Error, trio.BrokenResourceError, OSError) as exc:
-                refused.append(f"{slot.did}: {exc}")
-                return
-            if reply is None or not isinstance(reply.message, Accept):
-                refused.append(f"{slot.did}: no accept")
-                return
-            slot.last_heartbeat = trio.current_time()
-
-        async with trio.open_nursery() as nursery:
-            for slot in slots.values():
-                nursery.start_soon(assign, slot)
+        refused = await self._assign(job_id, number, slots, terms, tx.tx)
         event = Event.ASSIGN if machine.state is State.FUNDED else Event.RETRY
         self._step(
             job_id, data, machine, event, detail={"workers": list(slots), "escrow_tx": tx.tx}
@@ -634,6 +854,47 @@ class ClientRole:
             self._deactivate(job_id, attempt)
             return None
         return attempt
+
+    async def _assign(
+        self,
+        job_id: bytes,
+        number: int,
+        slots: dict[str, WorkerSlot],
+        terms: EscrowTerms,
+        escrow_tx: str,
+    ) -> list[str]:
+        """Assign the attempt to its workers (each checks the escrow on chain before it
+        accepts, and answers the same assignment again with the same Accept); the
+        refusals, one line per worker."""
+        lc = self.lc
+        refused: list[str] = []
+
+        async def assign(slot: WorkerSlot) -> None:
+            msg = Assignment(
+                job_id=job_id,
+                attempt=number,
+                worker=slot.did,
+                workers=tuple(slots),
+                payouts=tuple(s.price for s in slots.values()),
+                terms_hash=lc.escrow.terms_hash(terms) if lc.escrow else b"",
+                chain_job_id=terms.job_id,
+                terms=terms_to_json(terms),
+                escrow_tx=bytes.fromhex(escrow_tx.removeprefix("0x")),
+            )
+            try:
+                reply = await lc.node.request(slot.peer, lc.node.seal(msg), timeout=15.0)
+            except (C0Error, trio.BrokenResourceError, OSError) as exc:
+                refused.append(f"{slot.did}: {exc}")
+                return
+            if reply is None or not isinstance(reply.message, Accept):
+                refused.append(f"{slot.did}: no accept")
+                return
+            slot.last_heartbeat = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            for slot in slots.values():
+                nursery.start_soon(assign, slot)
+        return refused
 
     def _binding_sig(self) -> bytes:
         """This node's Ethereum signature binding its address to its DID (in every Offer)."""
@@ -1044,9 +1305,28 @@ class ClientRole:
         lc = self.lc
         info = data["attempts"][str(machine.attempt)]
         terms = terms_from_json(info["terms"])
+        if lc.arbitration.requested(job_id):
+            return  # `c0 job dispute` asked first: no release (`_drive` files the dispute)
+        if (info.get("outcome") or {}).get("failed") and "dispute" not in info:
+            # A result of this attempt failed verification and its dispute did not land
+            # (refused, the chain down): never released; the dispute is filed again.
+            await lc.arbitration.dispute_failed(job_id, data, machine, self)
+            return
         released = await lc.releases.release(terms)
         if released is None:
-            await trio.sleep(1.0)  # refused (logged); the record stays verified: try again
+            if lc.arbitration.requested(job_id):
+                return  # taken back from the batch for `c0 job dispute`
+            # Refused (logged). Closed on chain already (released before a restart, claimed
+            # by the workers): record that, never release again.
+            if lc.escrow is not None and await lc.escrow.status(terms) != STATUS_OPEN:
+                await self._read_chain_first(job_id, data, machine)
+                if machine.state is State.VERIFIED:
+                    raise C0Error(
+                        f"job {job_id_text(job_id)}: its escrow closed on chain unpaid",
+                        code="escrow_closed",
+                    )
+                return
+            await trio.sleep(1.0)  # the record stays verified: try again
             return
         tx, signature = released
         info["release_tx"] = tx.tx

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from node.app import now_ms
 from node.control import ControlServer
-from node.lifecycle.escrow import terms_from_json
 from protocol.envelope import envelope_hash
 from protocol.errors import UserError
 from protocol.jobs import job_id_from_text, job_id_text
@@ -55,14 +54,22 @@ def job_summary(rec: Any) -> dict[str, Any]:
 
 def register_job_commands(server: ControlServer, lc: Lifecycle) -> None:
     async def job_submit(args: dict[str, Any]) -> Any:
-        text = lc.client.submit(
+        # The same submission again is the same job (its nonce is derived): it goes on,
+        # or is reported as it ended; `new` asks for a new, separately paid job.
+        done = lc.client.submit_job(
             args["spec"],
             dict(args.get("inputs", {})),
             redundancy=int(args.get("redundancy", 1)),
             max_price=int(args.get("max_price", 10**16)),
             deadline_s=int(args.get("deadline_s", lc.settings.default_deadline_s)),
+            new=bool(args.get("new", False)),
         )
-        return {"job_id": text, "state": "requested"}
+        return {
+            "job_id": done.job_id,
+            "state": done.state,
+            "existing": done.existing,
+            "deadline_ms": done.deadline_ms,
+        }
 
     async def job_status(args: dict[str, Any]) -> Any:
         return job_summary(_record(lc, args["job_id"]))
@@ -103,15 +110,12 @@ def register_job_commands(server: ControlServer, lc: Lifecycle) -> None:
         return lc.client.fetch_result(rec.job_id, Path(args["output"]))
 
     async def job_dispute(args: dict[str, Any]) -> Any:
+        """The job's own task disputes on chain, goes `disputed`, sends the evidence to
+        the arbiter and waits for the ruling (arbitration.request_dispute); refused with
+        a UserError when there is nothing this node may dispute."""
         rec = _record(lc, args["job_id"])
-        if rec.role != "client" or lc.escrow is None:
-            raise UserError("only the client of a job disputes it, on a node with a chain")
-        info = rec.data["attempts"].get(str(rec.data["attempt"]))
-        if info is None:
-            raise UserError("the job was never funded: nothing to dispute")
-        tx = await lc.escrow.call(lc.escrow.client.dispute, terms_from_json(info["terms"]))
-        lc.event(rec.job_id, rec.data["attempt"], "disputed", detail={"reason": args["reason"]})
-        return {"job_id": args["job_id"], "tx": tx.tx}
+        reason = str(args.get("reason") or "").strip() or "disputed by the client"
+        return await lc.arbitration.request_dispute(rec.job_id, reason)
 
     async def jobs(args: dict[str, Any]) -> Any:
         if args.get("brief"):  # id, role, state only: no record is decoded

@@ -4,6 +4,7 @@ the network, submits one job, follows it to a terminal state, and leaves."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +46,23 @@ async def _run(
         with trio.move_on_after(_DISCOVERY_S):
             while sum(1 for w in node.caps.values() if w.ad.prices) < int(request["redundancy"]):
                 await lc.wait_for_ads(_DISCOVERY_S)
-        text = lc.client.submit(
+        # The same job again (a run of this command that stopped, say) is the same job:
+        # the node's restart already picked it up (reading the chain first); `submit_job`
+        # starts nothing new. `new` asks for a new one.
+        done = lc.client.submit_job(
             request["spec"],
             request["inputs"],
             redundancy=int(request["redundancy"]),
             max_price=int(request["max_price"]),
             deadline_s=int(request["deadline_s"]),
+            new=bool(request.get("new", False)),
         )
+        text = done.job_id
         if progress:
-            print(f"submitted {text} from an ephemeral light node", file=sys.stderr, flush=True)
+            how = f"submitted before ({done.state}):" if done.existing else "submitted"
+            print(f"{how} {text} from an ephemeral light node", file=sys.stderr, flush=True)
         job_id = job_id_from_text(text)
-        with trio.move_on_after(int(request["deadline_s"]) + 60):
+        with trio.move_on_after(max(0.0, done.deadline_ms / 1000 - time.time()) + 60):
             while True:
                 rec = node.store.get_job(job_id)
                 if rec is not None and State(rec.state) in TERMINAL:

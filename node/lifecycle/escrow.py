@@ -3,18 +3,28 @@ per attempt, and terms as JSON for the job records and dispute bundles."""
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
+from web3.exceptions import (
+    BadResponseFormat,
+    ProviderConnectionError,
+    TimeExhausted,
+    TooManyRequests,
+    Web3RPCError,
+)
 
 from node.chain.client import EscrowClient, TxResult
+from node.chain.rpc import RpcError
 from protocol.consent import attempt_chain_id
 from protocol.settlement import (
     STATUS_OPEN,
     Assignment,
+    ChainUnavailable,
     Common,
     Consent,
     EscrowRef,
@@ -27,6 +37,26 @@ __all__ = ["AsyncEscrow", "attempt_chain_id", "terms_from_json", "terms_to_json"
 
 T = TypeVar("T")
 NOW_TTL_S = 1.0
+
+# What asking the chain raises when the chain, not the call, is the trouble: the socket
+# (OSError: refused, reset, timed out; `requests` errors are OSErrors too), HTTP, the
+# JSON-RPC layer (node/chain/rpc.py) and web3's transport errors. AsyncEscrow raises
+# these as ChainUnavailable: typed, local, never a peer's fault. A contract's refusal
+# stays a SettlementError; web3's ContractLogicError and value errors (bugs) pass as is.
+CHAIN_FAILURES: tuple[type[Exception], ...] = (
+    OSError,
+    http.client.HTTPException,
+    RpcError,
+    Web3RPCError,
+    TimeExhausted,
+    ProviderConnectionError,
+    BadResponseFormat,
+    TooManyRequests,
+)
+
+
+def _unavailable(exc: Exception) -> ChainUnavailable:
+    return ChainUnavailable(f"{type(exc).__name__}: {exc}"[:300])
 
 
 def terms_to_json(terms: EscrowTerms) -> dict[str, Any]:
@@ -103,14 +133,22 @@ class AsyncEscrow:
         self._status_reading = False
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a worker thread, one at a time. The chain's own failures (see
+        CHAIN_FAILURES) come out as ChainUnavailable; SettlementError and the rest as is."""
         async with self._lock:
-            return await trio.to_thread.run_sync(fn, *args)
+            try:
+                return await trio.to_thread.run_sync(fn, *args)
+            except CHAIN_FAILURES as exc:
+                raise _unavailable(exc) from exc
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """A call that sends nothing: concurrent on JSON-RPC, serialised on py-evm."""
         if self.client.chain.kind == "embedded":
             return await self.call(fn, *args)
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._readers)
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._readers)
+        except CHAIN_FAILURES as exc:
+            raise _unavailable(exc) from exc
 
     async def now(self) -> int:
         """The time the next block will carry: the latest block's time lags the clock when

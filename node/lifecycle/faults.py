@@ -4,6 +4,19 @@ A node configured with `behaviour = "wrong_output"` runs the job honestly, then 
 its result in a way only verification can see: artifact bytes replaced (with hashes
 recomputed, so the manifest is self-consistent) or inference tokens changed. `"lazy"`
 skips the work's substance and reveals an empty result. Honest nodes never call this.
+
+Behaviours that act on the lifecycle rather than on a result (each active only on a node
+whose settings name it; an honest node never takes these paths):
+
+- `"stall"` (worker.py): accepts its assignment and runs the job, then goes silent: no
+  heartbeat, no commit or reveal to the client, which abandons the attempt and retries
+  elsewhere. Alone on chain it commits at once, reveals once the commit window closes
+  (before the escrow's deadline: a late result at quorum) and claims after the challenge
+  period, whatever the escrow's status. Only an accepted result is ever paid: the client
+  disputes the unreleased escrow (settle.RefundKeeper) and the arbiter pays nobody.
+- `"silent_arbiter"` (arbitration.py): an arbiter that receives every dispute and never
+  rules. The dispute lapses at the ruling deadline: the client's RefundKeeper calls
+  `lapse`, every party gets its own funds back.
 """
 
 from __future__ import annotations

@@ -150,6 +150,8 @@ class Lifecycle:
             nursery.start_soon(self.worker.stop_idle_fork_server)
             task_status.started()
             self._resume()
+            self.arbitration.resume()  # the cases an arbiter had not finished
+            self.worker.resume()  # results computed and committed to, not yet paid
 
     @property
     def executes(self) -> bool:
@@ -522,4 +524,11 @@ def _worker_state(phase: str) -> str:
         "revealed_on_chain": "revealed",
         "claimed": "claimed",
         "claim_failed": "failed",
+        "disputed": "disputed",
+        "resumed": "resumed",
+        "resolved": "resolved",
+        "settled_by_claim": "settled_by_claim",
+        "lapsed": "lapsed",
+        "refunded": "refunded",
+        "closed": "closed",
     }.get(phase, "running")

@@ -63,7 +63,8 @@ class LifecycleSettings:
     max_offers_per_client: int = 64
     offer_keep_s: float = 30.0
     heartbeat_s: float = 1.0
-    # the behaviour a researcher injects: "honest", "wrong_output", "copy_commit"
+    # the behaviour a researcher injects (faults.py): "honest", "wrong_output", "lazy",
+    # "copy_commit", "stall", "silent_arbiter"
     behaviour: str = "honest"
     # client side
     offer_fanout: int = 2  # offers sent = redundancy + this
@@ -88,6 +89,10 @@ class LifecycleSettings:
     default_deadline_s: int = 300
     arbiter: str = ""  # Ethereum address named in the terms; default: the chain file's
     reputation_threshold: float = 0.3
+    # arbiter side, a test hook: an arbiter waits this long (s) after it has recorded a
+    # case before it judges it (a test kills it meanwhile to see the case resumed). 0 in
+    # any real deployment.
+    arbiter_hold_s: float = 0.0
 
     @property
     def capacity(self) -> int:

@@ -14,6 +14,7 @@ from protocol.settlement import (
     MAX_GROUPS,
     STATUS_DISPUTED,
     STATUS_OPEN,
+    ChainUnavailable,
     EscrowTerms,
     SettlementError,
 )
@@ -81,6 +82,16 @@ class ReleaseBatcher:
         self._wake.set()
         await pending.done.wait()
         return None if pending.tx is None else (pending.tx, pending.signature)
+
+    def withdraw(self, chain_job_id: bytes) -> bool:
+        """Take a queued job back before its batch is sent (`c0 job dispute`): its
+        `release` returns None. False if it is not queued (not asked for, or on its way)."""
+        for pending in self.queue:
+            if pending.terms.job_id == chain_job_id:
+                self.queue.remove(pending)
+                pending.done.set()
+                return True
+        return False
 
     async def run(self) -> None:
         s = self.lc.settings
@@ -233,12 +244,17 @@ class RefundKeeper:
     async def run(self) -> None:
         escrow = self.lc.escrow
         assert escrow is not None
-        challenge, ruling = await escrow.read(escrow.client.periods)
+        periods: tuple[int, int] | None = None
         while True:
-            if self.pending:
-                now = await escrow.now()
-                for chain_id, terms in list(self.pending.items()):
-                    await self._step(chain_id, terms, now, challenge, ruling)
+            try:  # the chain down: every escrow waits (pending) for the next round
+                if periods is None:
+                    periods = await escrow.read(escrow.client.periods)
+                if self.pending:
+                    now = await escrow.now()
+                    for chain_id, terms in list(self.pending.items()):
+                        await self._step(chain_id, terms, now, *periods)
+            except ChainUnavailable as exc:
+                log.warning("refunds wait: %s", exc.message)
             await trio.sleep(1.0)  # the chain's clock moves in whole seconds
 
     async def _step(

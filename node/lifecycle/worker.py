@@ -17,7 +17,7 @@ import trio
 from node.app import now_ms
 from node.executors import ExecutionRequest, ExecutionResult, Executor
 from node.executors.registry import FORK_SERVER, get_executor
-from node.lifecycle.escrow import terms_from_json, terms_on_chain
+from node.lifecycle.escrow import terms_from_json, terms_on_chain, terms_to_json
 from node.lifecycle.faults import tamper_result
 from protocol.consent import (
     TermsPolicy,
@@ -26,7 +26,7 @@ from protocol.consent import (
     check_offer,
     offer_consent,
 )
-from protocol.envelope import SignedMessage
+from protocol.envelope import SignedMessage, open_envelope
 from protocol.errors import C0Error
 from protocol.identity import EthBinding, verify_binding
 from protocol.jobs import job_id_text
@@ -100,6 +100,11 @@ class WorkerJob:
     # The job's stored record as record_worker last wrote it, and whether it is ours to
     # write (not when this node is also the job's client): read once, then kept here.
     record: tuple[dict[str, Any], bool] | None = None
+    offer_raw: bytes = b""  # the signed Offer, kept as evidence once assigned
+
+
+# Stored worker states (service._worker_state) with a computed result not yet paid.
+_RESUMABLE = frozenset({"committed", "revealed", "submitted", "resumed"})
 
 
 class WorkerRole:
@@ -243,7 +248,7 @@ class WorkerRole:
         consent = b""
         if offer.stake_lock:
             consent = lc.escrow.sign_consent(offer_consent(offer, price))
-        self.jobs[key] = WorkerJob(offer, peer, price=price)
+        self.jobs[key] = WorkerJob(offer, peer, price=price, offer_raw=signed.raw)
         self._warm_fork_server()
         self._offers += 1
         if self._offers % _PRUNE_EVERY == 0:
@@ -277,6 +282,7 @@ class WorkerRole:
         try:
             terms = terms_from_json(a.terms)
         except Exception as exc:  # a peer's data: any shape at all
+            self.lc.penalise_peer(peer, "bad_terms")  # no honest client sends these
             raise Refused(f"bad terms: {type(exc).__name__}", code="bad_terms") from None
         try:
             check_assignment(terms, job.offer, job.price, self.lc.node.identity.eth_address)
@@ -284,6 +290,7 @@ class WorkerRole:
             self.lc.penalise_peer(peer, "bad_terms")
             raise Refused(exc.message, code=exc.code) from None
         if terms.job_id != a.chain_job_id or self.lc.escrow.terms_hash(terms) != a.terms_hash:
+            self.lc.penalise_peer(peer, "bad_terms")
             raise Refused("terms do not match the assignment", code="bad_terms")
         # The escrow must hold the money before any work starts.
         if not await terms_on_chain(self.lc.escrow, terms):
@@ -292,7 +299,13 @@ class WorkerRole:
             raise Refused("this attempt is already assigned", code="duplicate_assignment")
         self._drop_offer_count(job)
         job.assignment, job.terms = a, terms
-        self.lc.record_worker(job, "assigned")
+        with self.lc.node.store.transaction():  # what a restart needs to collect: one commit
+            if job.offer_raw:
+                self.lc.store_own_evidence(job.offer_raw, job.offer, job.offer.spec.client)
+            self.lc.store_evidence(signed)
+            self.lc.record_worker(
+                job, "assigned", extra={"peer": peer, "terms": terms_to_json(terms)}
+            )
         self.running += 1
         job.counted = True
         self.lc.spawn(self._run, job)
@@ -332,6 +345,9 @@ class WorkerRole:
                     return
                 inputs = await self._fetch_inputs(job)
                 result = await self._execute(job, inputs)
+                if lc.settings.behaviour == "stall" and result.ok:
+                    await self._stall(job, result)
+                    return
                 if not result.ok:
                     lc.record_worker(job, "failed", exit_code=result.exit_code)
                     await lc.send_quietly(
@@ -400,6 +416,8 @@ class WorkerRole:
             self.slots.release()
 
     async def _heartbeat(self, job: WorkerJob, phase: str) -> None:
+        if self.lc.settings.behaviour == "stall":
+            return  # the adversary of faults.py: silent once assigned
         offer = job.offer
         await self.lc.send_quietly(
             job.client_peer,
@@ -519,10 +537,13 @@ class WorkerRole:
         commitment: bytes,
         *,
         client_gone: bool,
+        committed: bool = False,
+        revealed: bool = False,
     ) -> None:
         """Wait for the client's release; if none comes before the commit deadline (or the
         client cannot be reached at all), commit on chain, reveal after the commit
-        deadline, and claim after the deadline."""
+        deadline, and claim after the deadline. `committed` / `revealed`: done on chain
+        already (a job taken up again after a restart)."""
         lc = self.lc
         terms = job.terms
         assert terms is not None
@@ -547,20 +568,25 @@ class WorkerRole:
                     unprompted = min(unprompted * 2, 30.0)
                 settled = await escrow.status(terms) == STATUS_SETTLED
         if settled or await escrow.status(terms) == STATUS_SETTLED:
-            lc.record_worker(job, "released")
+            if job.released.is_set():  # the client's receipt said it released
+                lc.record_worker(job, "released")
+            else:
+                await self._record_closed(job)
             return
         # The client has not paid in time: secure a claim on chain.
         try:
-            await escrow.call(escrow.client.commit, terms, commitment)
-            lc.record_worker(job, "committed_on_chain")
-            await self._sleep_until_chain(terms.common.commit_deadline)
-            await escrow.call(escrow.client.reveal, terms, result_hash, salt)
-            lc.record_worker(job, "revealed_on_chain")
+            if not committed:
+                await escrow.call(escrow.client.commit, terms, commitment)
+                lc.record_worker(job, "committed_on_chain")
+            if not revealed:
+                await self._sleep_until_chain(terms.common.commit_deadline)
+                await escrow.call(escrow.client.reveal, terms, result_hash, salt)
+                lc.record_worker(job, "revealed_on_chain")
             challenge, _ = await escrow.read(escrow.client.periods)
             await self._sleep_until_chain(terms.common.deadline + challenge)
             status = await escrow.status(terms)
             if status == STATUS_SETTLED:
-                lc.record_worker(job, "released")
+                await self._record_closed(job)
                 return
             if status == STATUS_DISPUTED:  # the arbiter decides; nothing to claim
                 lc.record_worker(job, "disputed")
@@ -570,6 +596,93 @@ class WorkerRole:
         except SettlementError as exc:
             log.warning("claim path for %s: %s", job_id_text(job.offer.job_id), exc.message)
             lc.record_worker(job, "claim_failed", extra={"reason": exc.reason})
+
+    # ------------------------------------------------------------ after a restart
+    def resume(self) -> None:
+        """Take up, after a restart, every job of this worker whose result was computed
+        and committed to but not yet paid: the chain is read first (what this worker
+        committed and revealed there), then it waits for the release or goes on to claim,
+        as before the restart. A job whose offer or assignment is not kept cannot be."""
+        lc = self.lc
+        if lc.escrow is None:
+            return
+        for rec in lc.node.store.jobs():
+            data = rec.data
+            if rec.role != "worker" or rec.state not in _RESUMABLE:
+                continue
+            if not {"salt", "result_hash", "terms", "peer"} <= data.keys():
+                continue
+            offer_raw = lc.evidence_envelope("offer", rec.job_id, str(data.get("client")))
+            assignment_raw = lc.evidence_envelope("assignment", rec.job_id, str(data.get("client")))
+            if offer_raw is None or assignment_raw is None:
+                log.warning("job %s: its offer is not kept; not taken up", job_id_text(rec.job_id))
+                continue
+            offer = open_envelope(offer_raw, now=None).message
+            assignment = open_envelope(assignment_raw, now=None).message
+            if not isinstance(offer, Offer) or not isinstance(assignment, Assignment):
+                continue
+            job = WorkerJob(
+                offer,
+                str(data["peer"]),
+                price=int(data.get("price") or 0),
+                assignment=assignment,
+                terms=terms_from_json(data["terms"]),
+            )
+            job.record = (data, True)
+            self.jobs[(offer.job_id, offer.attempt)] = job
+            result_hash = bytes.fromhex(str(data["result_hash"]))
+            salt = bytes.fromhex(str(data["salt"]))
+            lc.spawn(self._resume_payment, job, result_hash, salt)
+
+    async def _resume_payment(self, job: WorkerJob, result_hash: bytes, salt: bytes) -> None:
+        lc, terms = self.lc, job.terms
+        assert terms is not None
+        me = lc.node.identity.eth_address
+        mine = [
+            e["event"]
+            for e in await lc.chain_events_for(terms.job_id)
+            if str(e.get("worker", "")).lower() == me.lower()
+        ]
+        log.info("resuming the payment of job %s", job_id_text(job.offer.job_id))
+        lc.record_worker(job, "resumed", extra={"on_chain": mine})
+        try:
+            await self._await_payment(
+                job,
+                result_hash,
+                salt,
+                commit_hash(result_hash, me, salt),
+                client_gone="committed" in mine,
+                committed="committed" in mine,
+                revealed="revealed" in mine,
+            )
+        finally:
+            job.ended = True
+            job.touched = time.monotonic()
+
+    async def _record_closed(self, job: WorkerJob) -> None:
+        """An escrow found settled without the client's receipt: how it closed, read from
+        its events on chain (released, claimed, resolved by the arbiter with this worker
+        slashed or not, lapsed, refunded), never assumed to have paid."""
+        lc, terms = self.lc, job.terms
+        assert terms is not None
+        me = lc.node.identity.eth_address.lower()
+        events = await lc.chain_events_for(terms.job_id)
+        kinds = {e["event"]: e for e in events}
+        for phase in ("released", "claimed", "resolved", "lapsed", "refunded"):
+            if phase in kinds:
+                break
+        else:
+            phase = "closed"
+        extra: dict[str, Any] = {"tx": kinds[phase]["tx"]} if phase in kinds else {}
+        if phase == "claimed":  # another worker's claim closed it (ours records "claimed")
+            phase = "settled_by_claim"
+            extra["result_hash"] = str(kinds["claimed"].get("result_hash", ""))
+        elif phase == "resolved":
+            extra["slashed"] = any(
+                e["event"] == "slashed" and str(e.get("worker", "")).lower() == me for e in events
+            )
+            extra["to_workers"] = int(kinds[phase].get("to_workers", 0))
+        lc.record_worker(job, phase, extra=extra)
 
     async def _copy_commit(self, job: WorkerJob) -> None:
         """The lazy adversary: do no work, copy another worker's on-chain commitment, and
@@ -607,6 +720,30 @@ class WorkerRole:
             result_hash = revealed[0] if revealed else bytes(32)
             await escrow.call(escrow.client.reveal, terms, result_hash, os.urandom(32))
             lc.record_worker(job, "revealed_on_chain")
+        except SettlementError as exc:
+            lc.record_worker(job, "claim_failed", extra={"reason": exc.reason})
+
+    async def _stall(self, job: WorkerJob, result: ExecutionResult) -> None:
+        """The stalled adversary (faults.py): nothing reaches the client, which abandons
+        the attempt; the result goes on chain alone, revealed after the commit deadline,
+        and claimed after the challenge period whether or not the escrow is disputed."""
+        lc, terms = self.lc, job.terms
+        assert terms is not None
+        assert lc.escrow is not None
+        escrow = lc.escrow
+        result_hash = result_digest(result.manifest)
+        salt = os.urandom(32)
+        commitment = commit_hash(result_hash, lc.node.identity.eth_address, salt)
+        try:
+            await escrow.call(escrow.client.commit, terms, commitment)
+            lc.record_worker(job, "committed_on_chain")
+            await self._sleep_until_chain(terms.common.commit_deadline)
+            await escrow.call(escrow.client.reveal, terms, result_hash, salt)
+            lc.record_worker(job, "revealed_on_chain")
+            challenge, _ = await escrow.read(escrow.client.periods)
+            await self._sleep_until_chain(terms.common.deadline + challenge)
+            await escrow.call(escrow.client.claim, terms, result_hash)
+            lc.record_worker(job, "claimed")
         except SettlementError as exc:
             lc.record_worker(job, "claim_failed", extra={"reason": exc.reason})
 

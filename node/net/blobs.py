@@ -52,6 +52,7 @@ class BlobService:
     request_timeout_s: float = 10.0
     _active: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
     _fetching: dict[bytes, trio.Lock] = field(default_factory=dict)
+    _slots: dict[str, trio.Semaphore] = field(default_factory=dict)  # outbound, per peer
     bytes_served: int = 0
 
     # ------------------------------------------------------------ local API
@@ -162,7 +163,8 @@ class BlobService:
             lock = self._fetching.setdefault(sha256, trio.Lock())
             async with lock:
                 if not self.store.has(sha256):
-                    await self._fetch(peer_id, sha256, size, deadline_s)
+                    async with self._slot(peer_id):
+                        await self._fetch(peer_id, sha256, size, deadline_s)
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._fetching.pop(sha256, None)
         path = self.store.path_of(sha256)
@@ -170,6 +172,18 @@ class BlobService:
             shutil.copyfile(path, dest)
             return Path(dest)
         return path
+
+    def _slot(self, peer_id: str) -> trio.Semaphore:
+        """Our blob streams to one peer: at most half its inbound limit at once (the rest
+        wait here, before their transfer's deadline starts). A burst of our own fetches
+        (a client verifying many results of one worker) must queue, not trip the peer's
+        limit: `busy` fails the fetch and costs us a penalty. As negotiate.py does."""
+        slots = self._slots.get(peer_id)
+        if slots is None:
+            slots = self._slots[peer_id] = trio.Semaphore(
+                max(1, self.config.max_streams_per_peer // 2)
+            )
+        return slots
 
     async def _fetch(self, peer_id: str, sha256: bytes, size: int, deadline_s: float) -> None:
         part = self.store.partial_path(sha256)

@@ -20,7 +20,7 @@ from node.net.memory import MemoryHub
 from node.store import JobRecord
 from protocol.identity import Identity
 from protocol.jobs import job_id_from_text
-from protocol.settlement import EscrowTerms
+from protocol.settlement import DEV_CHALLENGE_PERIOD, DEV_RULING_PERIOD, EscrowTerms
 from testnet.chain import ABSENT_ARBITER
 from testnet.invariants import check_money, terms_of_records
 from tests.net.conftest import ident
@@ -139,8 +139,11 @@ async def _produce_blocks(chain: Chain, lock: trio.Lock) -> None:
     tester = chain._tester
     while True:
         await trio.sleep(0.5)  # pacing of block production, not synchronisation
-        target = int(time.time())
         async with lock:
+            # The clock read under the lock: a transaction mined while this waited for it
+            # leaves a pending block stamped later than a clock read before, and eth-tester
+            # refuses to travel back to it ("Space time continuum distortion").
+            target = int(time.time())
             if target > chain.now():  # each block is at least 1 s after its parent: never
                 tester.time_travel(target)  # mine ahead of the clock, or deadlines shrink
 
@@ -158,10 +161,18 @@ async def memory_swarm(
     *,
     settings: Settings | None = None,
     arbiter_index: int | None = None,
+    challenge_period: int = DEV_CHALLENGE_PERIOD,
+    ruling_period: int = DEV_RULING_PERIOD,
 ) -> AsyncIterator[Swarm]:
-    """Node 0 is the client (executes nothing); nodes 1..workers run jobs."""
+    """Node 0 is the client (executes nothing); nodes 1..workers run jobs. The escrow is
+    deployed with the given periods (seconds; a local testnet's by default)."""
     chain = embedded_chain()
-    escrow, _ = EscrowClient.deploy(chain, chain.dev_account(0))
+    escrow, _ = EscrowClient.deploy(
+        chain,
+        chain.dev_account(0),
+        challenge_period=challenge_period,
+        ruling_period=ruling_period,
+    )
     identities = [ident(100 + i) for i in range(workers + 1)]
     for identity in identities:
         fund(chain, identity.eth_address, 10**19)

@@ -180,7 +180,9 @@ async def test_client_vanishes_after_funding_and_workers_claim(tmp_path: Path) -
         await wait_state(client, job_id, {"assigned", "running"})
         await swarm.kill(0)  # the client disappears with the escrow funded
         worker = swarm.lc(1)
-        await wait_record(worker, job_id, {"claimed", "released", "claim_failed"}, 90)
+        await wait_record(
+            worker, job_id, {"claimed", "settled_by_claim", "released", "claim_failed"}, 90
+        )
         await wait_for(
             lambda: (
                 [swarm.balance(i) - b for i, b in zip((1, 2), before, strict=True)]

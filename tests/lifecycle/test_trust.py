@@ -171,3 +171,59 @@ async def test_a_worker_signs_and_starts_only_on_terms_it_agreed_to(tmp_path: Pa
             swarm.chain.w3.eth.get_transaction_count(swarm.identities[1].eth_address)
             == worker_nonce
         )
+
+
+async def test_a_failed_result_whose_dispute_was_refused_is_never_released(
+    tmp_path: Path,
+) -> None:
+    """K = 2, one worker wrong. The client's first dispute does not land (the chain is
+    unreachable for that one call: a fault injected into the real escrow client, whose
+    every other call runs): the job is verified (one result passed), yet its escrow is
+    never released, which would pay the wrong worker too. The dispute is filed again; the
+    arbiter pays the honest worker and slashes the wrong one."""
+    from protocol.settlement import ChainUnavailable
+
+    def settings(i: int) -> LifecycleSettings:
+        if i == 2:
+            return LifecycleSettings(behaviour="wrong_output")
+        if i == 3:
+            return LifecycleSettings(execute=False)  # the arbiter runs no jobs
+        return LifecycleSettings(max_attempts=1)
+
+    async with memory_swarm(
+        tmp_path, workers=3, settings=settings, arbiter_index=3, challenge_period=10
+    ) as swarm:
+        client = swarm.client
+        assert client.escrow is not None
+        await wait_for(lambda: offering(client) == 2, 60)
+        escrow_client = client.escrow.client
+        real_dispute = escrow_client.dispute
+        refused: list[str] = []
+
+        def dispute_once_unreachable(*args: object, **kwargs: object) -> object:
+            if not refused:
+                refused.append("refused")
+                raise ChainUnavailable("injected: connection refused")
+            return real_dispute(*args, **kwargs)  # type: ignore[arg-type]
+
+        escrow_client.dispute = dispute_once_unreachable  # type: ignore[method-assign]
+        before = [swarm.balance(i) for i in (1, 2)]
+        stakes = [swarm.stake(i) for i in (1, 2)]
+        job_id = submit_noop(client, {"payload": "two of us"}, redundancy=2, deadline_s=30)
+        assert await wait_state(client, job_id, {"settled", "refunded"}, limit_s=120) == ("settled")
+        assert refused == ["refused"]  # the first filing did fail
+        rec = client.node.store.get_job(job_id)
+        assert rec is not None
+        terms = terms_from_json(rec.data["attempts"]["1"]["terms"])
+        kinds = [e["event"] for e in await client.chain_events_for(terms.job_id)]
+        assert "released" not in kinds  # never released with a failed result in it
+        assert "claimed" not in kinds
+        assert kinds.count("disputed") == 1
+        assert kinds.count("resolved") == 1
+        honest, wrong = terms.assignments  # in the order of the workers' slots
+        if honest.worker.lower() != swarm.identities[1].eth_address.lower():
+            honest, wrong = wrong, honest
+        assert swarm.balance(1) - before[0] == honest.payout
+        assert swarm.balance(2) == before[1]  # the wrong worker: not a wei
+        assert swarm.stake(1) == stakes[0]
+        assert swarm.stake(2) == stakes[1] - wrong.stake_lock

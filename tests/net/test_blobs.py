@@ -272,3 +272,32 @@ async def test_the_server_failing_on_its_side_resets_the_stream_and_goes_on(
     assert net.server_penalties.calls == net.client_penalties.calls == []
     net.server.store.size = size  # type: ignore[method-assign]
     assert (await net.client.fetch(SERVER, sha, 5)).read_bytes() == b"hello"
+
+
+async def test_a_burst_of_fetches_from_one_peer_stays_within_its_stream_limit(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Many fetches at once from one peer (a client verifying a burst of one worker's
+    results): at most half the peer's inbound limit of streams is open at a time, the
+    others wait, so none is refused `busy` and nobody is penalised."""
+    net = Net(nursery, tmp_path, BlobConfig(chunk_size=4096, max_streams_per_peer=4))
+    blobs = [os.urandom(30_000) for _ in range(20)]
+    shas = [net.server.put_bytes(b) for b in blobs]
+    open_now, most = [0], [0]
+
+    async def counting(stream: ByteStream, peer: str) -> None:
+        open_now[0] += 1
+        most[0] = max(most[0], open_now[0])
+        try:
+            await trio.sleep(0.01)  # hold the stream a while: the fetches overlap
+            await net.server.serve_stream(stream, peer)
+        finally:
+            open_now[0] -= 1
+
+    net.serve = counting
+    async with trio.open_nursery() as fetches:
+        for sha, data in zip(shas, blobs, strict=True):
+            fetches.start_soon(net.client.fetch, SERVER, sha, len(data))
+    assert all(net.client.has(sha) for sha in shas)
+    assert most[0] == 2
+    assert net.server_penalties.calls == net.client_penalties.calls == []
